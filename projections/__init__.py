@@ -1,0 +1,1 @@
+"""Read models and replay built by folding ``task.events`` with the pure core of ``streams``."""

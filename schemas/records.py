@@ -1,0 +1,157 @@
+"""Conversions between the domain's types and the Avro records of each topic.
+
+``encode_event`` / ``decode_event`` for ``task.events``, ``encode_ready`` / ``decode_ready`` for
+``task.ready`` and ``encode_completed`` / ``decode_completed`` for ``task.completed``. Decoding
+raises :class:`~streams.errors.SchemaError` for anything that is not a valid record, so the
+caller can send the original bytes to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+from schemas.codec import SingleObjectCodec, load_schema
+from streams.domain import (
+    PAYLOAD_TYPES,
+    CompletedTask,
+    DependencyOutcome,
+    Event,
+    Payload,
+    ReadyToSchedule,
+    Source,
+)
+from streams.errors import SchemaError
+
+NAMESPACE = "discovery.orchestrator"
+SCHEMA_VERSION = 1
+_PAYLOADS_BY_NAME: dict[str, type[Payload]] = {
+    f"{NAMESPACE}.{cls.__name__}": cls for cls in PAYLOAD_TYPES
+}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@cache
+def event_codec() -> SingleObjectCodec:
+    """The codec of ``task.events`` (schema ``task_event.avsc``)."""
+    return SingleObjectCodec(load_schema("task_event"))
+
+
+@cache
+def ready_codec() -> SingleObjectCodec:
+    """The codec of ``task.ready`` (schema ``task_ready.avsc``)."""
+    return SingleObjectCodec(load_schema("task_ready"))
+
+
+@cache
+def completed_codec() -> SingleObjectCodec:
+    """The codec of ``task.completed`` (schema ``task_completed.avsc``)."""
+    return SingleObjectCodec(load_schema("task_completed"))
+
+
+def event_to_record(event: Event) -> dict[str, Any]:
+    """The Avro record of ``event``."""
+    payload = {
+        f.name: _plain(getattr(event.payload, f.name)) for f in dataclasses.fields(event.payload)
+    }
+    return {
+        "event_id": event.event_id,
+        "task_id": event.task_id,
+        "occurred_at": event.occurred_at_ms,
+        "source": str(event.source),
+        "schema_version": SCHEMA_VERSION,
+        "payload": (f"{NAMESPACE}.{event.kind}", payload),
+    }
+
+
+def record_to_event(record: dict[str, Any]) -> Event:
+    """The domain event of an Avro record (as decoded with record names).
+
+    Raises:
+        SchemaError: the payload type or a field value is unknown to this version.
+    """
+    name, fields = record["payload"]
+    cls = _PAYLOADS_BY_NAME.get(name)
+    if cls is None:
+        raise SchemaError(f"unknown event type {name}")
+    try:
+        values = {f.name: fields[f.name] for f in dataclasses.fields(cls)}
+        for key in ("dependencies", "waiting"):
+            if key in values:
+                values[key] = tuple(values[key])
+        if "outcome" in values:
+            values["outcome"] = DependencyOutcome(values["outcome"])
+        payload = cls(**values)
+        source = Source(record["source"])
+    except (KeyError, ValueError) as exc:
+        raise SchemaError(f"invalid {name.rsplit('.', 1)[-1]}: {exc}") from exc
+    return Event(
+        event_id=record["event_id"],
+        task_id=record["task_id"],
+        occurred_at_ms=_millis(record["occurred_at"]),
+        source=source,
+        payload=payload,
+    )
+
+
+def encode_event(event: Event) -> bytes:
+    """``event`` as a ``task.events`` message value."""
+    return event_codec().encode(event_to_record(event))
+
+
+def decode_event(data: bytes) -> Event:
+    """The event in a ``task.events`` message value.
+
+    Raises:
+        SchemaError: the bytes are not a valid event.
+    """
+    return record_to_event(event_codec().decode(data))
+
+
+def encode_ready(ready: ReadyToSchedule) -> bytes:
+    """``ready`` as a ``task.ready`` message value."""
+    record = dataclasses.asdict(ready)
+    record["ready_at"] = record.pop("ready_at_ms")
+    return ready_codec().encode(record)
+
+
+def decode_ready(data: bytes) -> ReadyToSchedule:
+    """The readiness in a ``task.ready`` message value."""
+    record = ready_codec().decode(data)
+    record["ready_at_ms"] = _millis(record.pop("ready_at"))
+    return ReadyToSchedule(**record)
+
+
+def encode_completed(completed: CompletedTask) -> bytes:
+    """``completed`` as a ``task.completed`` message value."""
+    record = dataclasses.asdict(completed)
+    record["created_at"] = record.pop("created_at_ms")
+    record["completed_at"] = record.pop("completed_at_ms")
+    return completed_codec().encode(record)
+
+
+def decode_completed(data: bytes) -> CompletedTask:
+    """The finished task in a ``task.completed`` message value."""
+    record = completed_codec().decode(data)
+    record["created_at_ms"] = _millis(record.pop("created_at"))
+    record["completed_at_ms"] = _millis(record.pop("completed_at"))
+    return CompletedTask(**record)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, DependencyOutcome):
+        return str(value)
+    return value
+
+
+def _millis(value: datetime | int) -> int:
+    if isinstance(value, datetime):
+        return (value - _EPOCH) // _MILLISECOND
+    return int(value)
+
+
+_MILLISECOND = datetime.resolution * 1000

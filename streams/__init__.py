@@ -1,0 +1,1 @@
+"""Discovery Orchestrator: an event-sourced task orchestrator on Apache Kafka."""

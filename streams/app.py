@@ -1,0 +1,140 @@
+"""The Faust application: settings, topics, tables, and the agents and views registered on it.
+
+``create_runtime(settings)`` builds everything one worker runs. Agents and views live in their
+own modules and stay thin: they decode, call the pure core, and encode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from faust.types import TopicT
+
+from streams import topics, transactions
+from streams.config import Settings
+
+
+class ProcessedOffsets:
+    """The last offset the fold agent finished, per partition of ``task.events``.
+
+    A client that wrote an event knows its partition and offset; a read that waits until the
+    fold has processed that offset sees the write (read-your-writes).
+    """
+
+    def __init__(self) -> None:
+        self._offsets: dict[int, int] = {}
+        self._changed = asyncio.Condition()
+
+    def get(self, partition: int) -> int:
+        """The last processed offset of ``partition``, or -1."""
+        return self._offsets.get(partition, -1)
+
+    async def advance(self, partition: int, offset: int) -> None:
+        """Record that ``offset`` of ``partition`` is processed."""
+        self._offsets[partition] = offset
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for(self, partition: int, offset: int, timeout_s: float) -> bool:
+        """Wait until ``offset`` of ``partition`` is processed; False on timeout."""
+
+        async def reached() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self.get(partition) >= offset)
+
+        try:
+            await asyncio.wait_for(reached(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+
+@dataclass
+class Runtime:
+    """One worker's Faust app and what its agents and views share."""
+
+    settings: Settings
+    app: faust.App
+    events_topic: TopicT
+    tasks: transactions.TrackedTable
+    processed: ProcessedOffsets = field(default_factory=ProcessedOffsets)
+
+    def raw_topic(self, name: str) -> TopicT:
+        """A topic of raw bytes keys and values (every codec is applied by hand)."""
+        return _raw_topic(self.app, name, self.settings.partitions)
+
+
+def _raw_topic(app: faust.App, name: str, partitions: int) -> TopicT:
+    return app.topic(
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
+        internal=False,
+    )
+
+
+def create_app(settings: Settings) -> faust.App:
+    """The Faust app of a worker: RocksDB tables, exactly-once, web server on ``web_host``."""
+    web_url = f"http://{settings.web_host}:{settings.web_port}"
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
+        store="rocksdb://",
+        processing_guarantee="exactly_once",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        topic_allow_declare=True,
+        datadir=settings.data_dir,
+        autodiscover=False,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        canonical_url=web_url,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
+        broker_commit_interval=settings.commit_interval,
+        consumer_auto_offset_reset="earliest",
+        table_standby_replicas=0,
+        producer_max_request_size=2_000_000,
+    )
+    transactions.install(app)
+    return app
+
+
+def create_runtime(settings: Settings) -> Runtime:
+    """Everything one worker runs: the app, its topics and tables, agents and views."""
+    from streams import web as views
+    from streams.agents import fold
+
+    app = create_app(settings)
+    tasks = transactions.TrackedTable(
+        app,
+        name="tasks",
+        partitions=settings.partitions,
+        beacon=app.tables.beacon,
+    )
+    # faust derives a table's serializers from its types ("json" for bytes); keys must be the
+    # raw task id bytes, as on task.events, so that the table and the topic agree on partitions.
+    tasks.key_serializer = tasks.value_serializer = "raw"
+    app.tables.add(tasks)
+    runtime = Runtime(
+        settings=settings,
+        app=app,
+        events_topic=_raw_topic(app, topics.TASK_EVENTS, settings.partitions),
+        tasks=tasks,
+    )
+    fold.register(runtime)
+    views.register(runtime)
+    return runtime
+
+
+def faust_options(runtime: Runtime) -> dict[str, Any]:
+    """Keyword arguments for ``faust.Worker`` running ``runtime``."""
+    return {"loglevel": "info", "quiet": True}

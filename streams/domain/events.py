@@ -1,0 +1,217 @@
+"""The facts of a task's life, as written to ``task.events``.
+
+Every event is an :class:`Event` envelope around one payload. Payloads are frozen dataclasses
+named in the past tense. The Avro schema in ``schemas/task_event.avsc`` mirrors these types
+field by field; ``schemas.codec`` converts between the two.
+
+Ids of events that the system derives from other events (dependency signals, scheduled retries,
+timer decisions) are computed with :func:`derived_event_id`, so writing the same decision twice
+produces the same id and the fold drops the second copy.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+_DERIVED_NAMESPACE = uuid.UUID("6f1b7f3e-0c55-4d0e-9a3c-5b1e2c7d9a10")
+
+
+class Source(StrEnum):
+    """Who wrote an event."""
+
+    CLIENT = "client"
+    FOLD = "fold"
+    SCHEDULER = "scheduler"
+    EXECUTOR = "executor"
+    TIMER = "timer"
+
+
+class DependencyOutcome(StrEnum):
+    """How a dependency ended, as told to the task waiting on it."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    MISSING = "missing"
+
+
+@dataclass(frozen=True)
+class TaskCreated:
+    """A task was submitted. Carries the task's own policy, fixed at creation.
+
+    Attributes:
+        dependencies: ids of tasks that must complete before this one is ready.
+        timeout_ms: how long one attempt may run before it is timed out.
+        max_attempts: attempts in all (first run plus retries).
+        retry_delay_ms: base of the exponential retry backoff.
+        result_ttl_ms: how long the result is served after completion.
+        dependency_wait_ms: how long a dependency that does not exist yet is waited for.
+    """
+
+    task_type: str
+    platform: str
+    target: str
+    priority: int
+    dependencies: tuple[str, ...]
+    timeout_ms: int
+    max_attempts: int
+    retry_delay_ms: int
+    result_ttl_ms: int
+    dependency_wait_ms: int
+
+
+@dataclass(frozen=True)
+class TaskDispatched:
+    """The scheduler let the task run now: a slot and every rate-limit window allowed it."""
+
+
+@dataclass(frozen=True)
+class TaskStarted:
+    """An executor (or a caller driving the task itself) started an attempt."""
+
+
+@dataclass(frozen=True)
+class TaskProgress:
+    """The running attempt reported progress, a fraction in [0, 1]."""
+
+    progress: float
+
+
+@dataclass(frozen=True)
+class TaskCompleted:
+    """The running attempt finished with a result (bytes, typed by ``content_type``)."""
+
+    result: bytes
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True)
+class TaskFailed:
+    """The running attempt failed; ``retryable`` says whether another attempt may help."""
+
+    error: str
+    retryable: bool = True
+
+
+@dataclass(frozen=True)
+class TaskCancelled:
+    """The task was cancelled: by a user, or because a dependency failed or was cancelled."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class TaskTimedOut:
+    """A timer found ``attempt`` still running past its timeout."""
+
+    attempt: int
+
+
+@dataclass(frozen=True)
+class TaskRetryScheduled:
+    """A failed attempt will be retried at ``due_at_ms``, after ``delay_ms`` (jitter included)."""
+
+    attempt: int
+    delay_ms: int
+    due_at_ms: int
+
+
+@dataclass(frozen=True)
+class TaskRetryDue:
+    """A timer found the retry of ``attempt`` due: the task is ready again."""
+
+    attempt: int
+
+
+@dataclass(frozen=True)
+class DependencyRegistered:
+    """Keyed by the dependency: ``dependent_id`` waits for it to finish.
+
+    Attributes:
+        waiting: every task known to wait, directly or through others, on the dependent
+            (the dependent included); a task that finds itself in it is part of a cycle.
+        wait_ms: how long the dependent waits for this dependency if it does not exist yet.
+    """
+
+    dependent_id: str
+    waiting: tuple[str, ...]
+    wait_ms: int
+
+
+@dataclass(frozen=True)
+class DependencyResolved:
+    """Keyed by the dependent: ``dependency_id`` finished with ``outcome``."""
+
+    dependency_id: str
+    outcome: DependencyOutcome
+
+
+@dataclass(frozen=True)
+class DependencyWaitExpired:
+    """A timer found that a task others wait for was never created within their wait bound."""
+
+
+Payload = (
+    TaskCreated
+    | TaskDispatched
+    | TaskStarted
+    | TaskProgress
+    | TaskCompleted
+    | TaskFailed
+    | TaskCancelled
+    | TaskTimedOut
+    | TaskRetryScheduled
+    | TaskRetryDue
+    | DependencyRegistered
+    | DependencyResolved
+    | DependencyWaitExpired
+)
+
+PAYLOAD_TYPES: tuple[type[Payload], ...] = (
+    TaskCreated,
+    TaskDispatched,
+    TaskStarted,
+    TaskProgress,
+    TaskCompleted,
+    TaskFailed,
+    TaskCancelled,
+    TaskTimedOut,
+    TaskRetryScheduled,
+    TaskRetryDue,
+    DependencyRegistered,
+    DependencyResolved,
+    DependencyWaitExpired,
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One fact about one task.
+
+    Attributes:
+        event_id: unique id; applying an event with a known id again changes nothing.
+        task_id: the task it is about; also the Kafka key on ``task.events``.
+        occurred_at_ms: when it happened (Unix ms); the fold's only notion of time.
+        source: who wrote it.
+    """
+
+    event_id: str
+    task_id: str
+    occurred_at_ms: int
+    source: Source
+    payload: Payload = field(repr=True)
+
+    @property
+    def kind(self) -> str:
+        """The payload's type name, e.g. ``"TaskCreated"``."""
+        return type(self.payload).__name__
+
+
+def derived_event_id(*parts: str | int) -> str:
+    """A deterministic event id for a decision derived from ``parts``.
+
+    The same parts always give the same id, so a decision written twice is applied once.
+    """
+    return str(uuid.uuid5(_DERIVED_NAMESPACE, "/".join(str(p) for p in parts)))

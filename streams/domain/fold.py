@@ -1,0 +1,463 @@
+"""The fold: ``apply(state, event) -> Outcome``, the one definition of how a task evolves.
+
+The live fold agent and the offline replay both call :func:`apply`, so the same log always
+gives the same states. It never raises for bad input and never reads a clock: a refused event
+comes back as a :class:`Rejected` effect with the state unchanged, and time comes from
+``event.occurred_at_ms``.
+
+Dependencies across partitions (a task and its dependency usually live in different
+partitions, and each partition is folded by one worker) are a protocol of events:
+
+1. B is created depending on A: B is ``pending`` and emits ``DependencyRegistered(B)`` keyed by A.
+2. A records B as a dependent (an ``awaited`` placeholder if A does not exist yet) and answers
+   ``DependencyResolved(A, outcome)`` keyed by B when it finishes, or at once if it has.
+3. B counts its open dependencies down; at zero it is ``ready``. A dependency that failed, was
+   cancelled, or was never created cancels B, and B tells its own dependents in turn.
+
+Cycles are found by the ``waiting`` set carried by registrations: the tasks that wait, directly
+or transitively, on the registering task. A pending task forwards what it learns to its own open
+dependencies; a task that finds itself in the set is in a cycle and fails, which cancels the
+rest of the cycle through step 3.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from streams.domain.effects import (
+    CompletedTask,
+    Effect,
+    FollowUp,
+    ReadyToSchedule,
+    Rejected,
+    RejectionCode,
+)
+from streams.domain.events import (
+    DependencyOutcome,
+    DependencyRegistered,
+    DependencyResolved,
+    DependencyWaitExpired,
+    Event,
+    Payload,
+    Source,
+    TaskCancelled,
+    TaskCompleted,
+    TaskCreated,
+    TaskDispatched,
+    TaskFailed,
+    TaskProgress,
+    TaskRetryDue,
+    TaskRetryScheduled,
+    TaskStarted,
+    TaskTimedOut,
+    derived_event_id,
+)
+from streams.domain.retry import retry_delay_ms
+from streams.domain.state import Status, TaskPolicy, TaskState, Transition
+
+MAX_RESULT_BYTES = 512 * 1024
+"""Largest result accepted in ``TaskCompleted``; Kafka's default message limit is 1 MB."""
+
+_ACTIVE = frozenset(
+    {Status.PENDING, Status.READY, Status.DISPATCHED, Status.RUNNING, Status.RETRYING}
+)
+_OUTCOME_OF = {
+    Status.COMPLETED: DependencyOutcome.COMPLETED,
+    Status.FAILED: DependencyOutcome.FAILED,
+    Status.CANCELLED: DependencyOutcome.CANCELLED,
+    Status.MISSING: DependencyOutcome.MISSING,
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of applying one event: the new state (None: still no task) and its effects."""
+
+    state: TaskState | None
+    effects: tuple[Effect, ...] = ()
+
+    @property
+    def is_rejected(self) -> bool:
+        """True if the event was refused."""
+        return any(isinstance(e, Rejected) for e in self.effects)
+
+
+class _Refusal(Exception):
+    """Raised inside a handler to refuse the event; :func:`apply` turns it into ``Rejected``."""
+
+    def __init__(self, code: RejectionCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def apply(state: TaskState | None, event: Event) -> Outcome:
+    """Apply ``event`` to ``state`` (None if the task id was never seen).
+
+    Returns the new state and the effects to carry out. An event whose id was already applied
+    changes nothing and has no effect; a refused event leaves the state as it was and has
+    exactly one effect, :class:`Rejected`.
+    """
+    if state is not None and event.event_id in state.seen_event_ids:
+        return Outcome(state)
+    if state is not None and state.task_id != event.task_id:
+        return _refused(state, RejectionCode.INVALID_PAYLOAD, "event is for another task")
+    handler = _HANDLERS[type(event.payload)]
+    try:
+        new_state, effects = handler(state, event, event.payload)
+    except _Refusal as refusal:
+        return _refused(state, refusal.code, refusal.reason)
+    seen = (*new_state.seen_event_ids, event.event_id)
+    return Outcome(
+        replace(new_state, seen_event_ids=seen, updated_at_ms=event.occurred_at_ms), effects
+    )
+
+
+def fold(
+    events: Iterable[Event], states: dict[str, TaskState] | None = None
+) -> dict[str, TaskState]:
+    """Apply ``events`` in order to ``states`` (a fresh dict if None); effects are dropped.
+
+    This is replay: every effect that changes state is itself an event in the log.
+    """
+    result = {} if states is None else states
+    for event in events:
+        outcome = apply(result.get(event.task_id), event)
+        if outcome.state is not None:
+            result[event.task_id] = outcome.state
+    return result
+
+
+def _refused(state: TaskState | None, code: RejectionCode, reason: str) -> Outcome:
+    return Outcome(state, (Rejected(code, reason),))
+
+
+_Result = tuple[TaskState, tuple[Effect, ...]]
+
+
+# -- creation -------------------------------------------------------------------------------
+
+
+def _on_created(state: TaskState | None, event: Event, p: TaskCreated) -> _Result:
+    if state is not None and state.status.is_created:
+        raise _Refusal(RejectionCode.DUPLICATE_TASK, f"task {event.task_id} already exists")
+    _validate_created(p)
+    dependencies = tuple(dict.fromkeys(p.dependencies))
+    placeholder = state if state is not None and state.status is Status.AWAITED else None
+    task = TaskState(
+        task_id=event.task_id,
+        status=Status.PENDING,
+        task_type=p.task_type,
+        platform=p.platform,
+        target=p.target,
+        priority=p.priority,
+        dependencies=dependencies,
+        dependents=placeholder.dependents if placeholder else (),
+        waiting=placeholder.waiting if placeholder else (),
+        policy=TaskPolicy(
+            timeout_ms=p.timeout_ms,
+            max_attempts=p.max_attempts,
+            retry_delay_ms=p.retry_delay_ms,
+            result_ttl_ms=p.result_ttl_ms,
+            dependency_wait_ms=p.dependency_wait_ms,
+        ),
+        created_at_ms=event.occurred_at_ms,
+        seen_event_ids=state.seen_event_ids if state is not None else (),
+    )
+    if event.task_id in dependencies:
+        return _finish_failed(task, event, "task depends on itself")
+    cycle = sorted(set(dependencies) & set(task.waiting))
+    if cycle:
+        return _finish_failed(task, event, f"dependency cycle through {', '.join(cycle)}")
+    if not dependencies:
+        return _become_ready(task, event)
+    task = _enter(
+        replace(task, open_dependencies=tuple(sorted(dependencies))), Status.PENDING, event
+    )
+    waiting = tuple(sorted({*task.waiting, task.task_id}))
+    registrations = tuple(
+        _follow_up(event, dep, DependencyRegistered(task.task_id, waiting, p.dependency_wait_ms))
+        for dep in dependencies
+    )
+    return task, registrations
+
+
+def _validate_created(p: TaskCreated) -> None:
+    problems = [
+        name
+        for name, ok in (
+            ("task_type", bool(p.task_type)),
+            ("platform", bool(p.platform)),
+            ("target", bool(p.target)),
+            ("priority", p.priority >= 1),
+            ("timeout_ms", p.timeout_ms > 0),
+            ("max_attempts", p.max_attempts >= 1),
+            ("retry_delay_ms", p.retry_delay_ms >= 0),
+            ("result_ttl_ms", p.result_ttl_ms >= 0),
+            ("dependency_wait_ms", p.dependency_wait_ms > 0),
+            ("dependencies", all(bool(d) for d in p.dependencies)),
+        )
+        if not ok
+    ]
+    if problems:
+        raise _Refusal(RejectionCode.INVALID_PAYLOAD, f"invalid TaskCreated: {', '.join(problems)}")
+
+
+# -- the dependency protocol ----------------------------------------------------------------
+
+
+def _on_registered(state: TaskState | None, event: Event, p: DependencyRegistered) -> _Result:
+    if p.dependent_id == event.task_id:
+        raise _Refusal(RejectionCode.INVALID_PAYLOAD, "a task cannot be its own dependent")
+    if state is None or state.status is Status.AWAITED:
+        return _await(state, event, p), ()
+    if state.status in _OUTCOME_OF:
+        return state, (_answer(event, p.dependent_id, _OUTCOME_OF[state.status]),)
+    task = replace(state, dependents=_with(state.dependents, p.dependent_id))
+    if task.status is not Status.PENDING:
+        return task, ()
+    if task.task_id in p.waiting:
+        return _finish_failed(task, event, f"dependency cycle through {', '.join(p.waiting)}")
+    waiting = tuple(sorted({*task.waiting, *p.waiting}))
+    if waiting == task.waiting:
+        return task, ()
+    forwarded = tuple(sorted({*waiting, task.task_id}))
+    signal = DependencyRegistered(task.task_id, forwarded, task.policy.dependency_wait_ms)
+    return replace(task, waiting=waiting), tuple(
+        _follow_up(event, dep, signal) for dep in task.open_dependencies
+    )
+
+
+def _await(state: TaskState | None, event: Event, p: DependencyRegistered) -> TaskState:
+    until = event.occurred_at_ms + p.wait_ms
+    if state is None:
+        placeholder = TaskState(task_id=event.task_id, status=Status.AWAITED)
+        placeholder = _enter(placeholder, Status.AWAITED, event)
+    else:
+        placeholder = state
+        if placeholder.awaited_until_ms is not None:
+            until = min(until, placeholder.awaited_until_ms)
+    return replace(
+        placeholder,
+        dependents=_with(placeholder.dependents, p.dependent_id),
+        waiting=tuple(sorted({*placeholder.waiting, *p.waiting})),
+        awaited_until_ms=until,
+    )
+
+
+def _on_resolved(state: TaskState | None, event: Event, p: DependencyResolved) -> _Result:
+    task = _require_created(state, event)
+    if p.dependency_id not in task.dependencies:
+        raise _Refusal(RejectionCode.INVALID_PAYLOAD, f"{p.dependency_id} is not a dependency")
+    if task.status is not Status.PENDING or p.dependency_id not in task.open_dependencies:
+        return task, ()  # a late or repeated answer: the dependency was already accounted for
+    if p.outcome is not DependencyOutcome.COMPLETED:
+        reason = f"dependency {p.dependency_id} {p.outcome}"
+        return _finish(task, event, Status.CANCELLED, reason, DependencyOutcome.CANCELLED)
+    remaining = tuple(d for d in task.open_dependencies if d != p.dependency_id)
+    task = replace(task, open_dependencies=remaining)
+    return _become_ready(task, event) if not remaining else (task, ())
+
+
+def _on_wait_expired(state: TaskState | None, event: Event, p: DependencyWaitExpired) -> _Result:
+    if state is None or state.status is not Status.AWAITED:
+        raise _Refusal(RejectionCode.STALE, "the task is not awaited")
+    if state.awaited_until_ms is None or event.occurred_at_ms < state.awaited_until_ms:
+        raise _Refusal(RejectionCode.STALE, "the wait bound has not passed yet")
+    answers = _answer_all(state, event, DependencyOutcome.MISSING)
+    missing = _enter(state, Status.MISSING, event)
+    return replace(missing, dependents=(), waiting=(), awaited_until_ms=None), answers
+
+
+# -- running ------------------------------------------------------------------------------
+
+
+def _on_dispatched(state: TaskState | None, event: Event, p: TaskDispatched) -> _Result:
+    task = _require(state, event, Status.READY)
+    return _start_attempt(task, event, Status.DISPATCHED, task.attempt + 1), ()
+
+
+def _on_started(state: TaskState | None, event: Event, p: TaskStarted) -> _Result:
+    task = _require(state, event, Status.READY, Status.DISPATCHED)
+    attempt = task.attempt + 1 if task.status is Status.READY else task.attempt
+    return _start_attempt(task, event, Status.RUNNING, attempt), ()
+
+
+def _on_progress(state: TaskState | None, event: Event, p: TaskProgress) -> _Result:
+    task = _require(state, event, Status.RUNNING)
+    if math.isnan(p.progress) or not 0.0 <= p.progress <= 1.0:
+        raise _Refusal(RejectionCode.PROGRESS_OUT_OF_RANGE, f"progress {p.progress} not in [0, 1]")
+    if p.progress < task.progress:
+        raise _Refusal(
+            RejectionCode.PROGRESS_OUT_OF_RANGE,
+            f"progress {p.progress} is below {task.progress} already reported",
+        )
+    return replace(task, progress=p.progress), ()
+
+
+def _on_completed(state: TaskState | None, event: Event, p: TaskCompleted) -> _Result:
+    task = _require(state, event, Status.RUNNING)
+    if len(p.result) > MAX_RESULT_BYTES:
+        raise _Refusal(
+            RejectionCode.RESULT_TOO_LARGE,
+            f"result of {len(p.result)} bytes exceeds {MAX_RESULT_BYTES}",
+        )
+    task = replace(
+        task,
+        progress=1.0,
+        result=p.result,
+        result_content_type=p.content_type,
+        completed_at_ms=event.occurred_at_ms,
+        deadline_ms=None,
+    )
+    task, effects = _finish(task, event, Status.COMPLETED, "", DependencyOutcome.COMPLETED)
+    record = CompletedTask(
+        task_id=task.task_id,
+        task_type=task.task_type,
+        platform=task.platform,
+        target=task.target,
+        attempts=task.attempt,
+        created_at_ms=task.created_at_ms,
+        completed_at_ms=event.occurred_at_ms,
+        result=p.result,
+        content_type=p.content_type,
+    )
+    return task, (record, *effects)
+
+
+def _on_failed(state: TaskState | None, event: Event, p: TaskFailed) -> _Result:
+    task = _require(state, event, Status.RUNNING, Status.DISPATCHED)
+    return _fail_attempt(task, event, p.error, p.retryable)
+
+
+def _on_timed_out(state: TaskState | None, event: Event, p: TaskTimedOut) -> _Result:
+    task = _require(state, event, Status.RUNNING, Status.DISPATCHED)
+    if p.attempt != task.attempt:
+        raise _Refusal(RejectionCode.STALE, f"attempt {p.attempt} is not the current one")
+    if task.deadline_ms is None or event.occurred_at_ms < task.deadline_ms:
+        raise _Refusal(RejectionCode.STALE, "the attempt has not reached its timeout")
+    return _fail_attempt(task, event, f"timeout after {task.policy.timeout_ms} ms", True)
+
+
+def _on_retry_scheduled(state: TaskState | None, event: Event, p: TaskRetryScheduled) -> _Result:
+    task = _require(state, event, Status.RETRYING)
+    if p.attempt != task.attempt:
+        raise _Refusal(RejectionCode.STALE, f"attempt {p.attempt} is not the current one")
+    return replace(task, retry_due_at_ms=p.due_at_ms), ()
+
+
+def _on_retry_due(state: TaskState | None, event: Event, p: TaskRetryDue) -> _Result:
+    task = _require(state, event, Status.RETRYING)
+    if p.attempt != task.attempt or task.retry_due_at_ms is None:
+        raise _Refusal(RejectionCode.STALE, f"no retry of attempt {p.attempt} is scheduled")
+    if event.occurred_at_ms < task.retry_due_at_ms:
+        raise _Refusal(RejectionCode.STALE, "the retry is not due yet")
+    return _become_ready(replace(task, retry_due_at_ms=None), event)
+
+
+def _on_cancelled(state: TaskState | None, event: Event, p: TaskCancelled) -> _Result:
+    task = _require(state, event, *_ACTIVE)
+    task = replace(task, deadline_ms=None, retry_due_at_ms=None)
+    return _finish(task, event, Status.CANCELLED, p.reason, DependencyOutcome.CANCELLED)
+
+
+# -- shared steps --------------------------------------------------------------------------
+
+
+def _start_attempt(task: TaskState, event: Event, status: Status, attempt: int) -> TaskState:
+    deadline = event.occurred_at_ms + task.policy.timeout_ms
+    started = replace(task, attempt=attempt, progress=0.0, deadline_ms=deadline)
+    return _enter(started, status, event)
+
+
+def _fail_attempt(task: TaskState, event: Event, error: str, retryable: bool) -> _Result:
+    task = replace(task, last_error=error, deadline_ms=None)
+    if not retryable or task.attempt >= task.policy.max_attempts:
+        return _finish(task, event, Status.FAILED, error, DependencyOutcome.FAILED)
+    delay = retry_delay_ms(task.policy.retry_delay_ms, task.attempt, event.event_id)
+    retry = TaskRetryScheduled(task.attempt, delay, event.occurred_at_ms + delay)
+    return _enter(task, Status.RETRYING, event), (_follow_up(event, task.task_id, retry),)
+
+
+def _finish_failed(task: TaskState, event: Event, reason: str) -> _Result:
+    return _finish(task, event, Status.FAILED, reason, DependencyOutcome.FAILED)
+
+
+def _finish(
+    task: TaskState, event: Event, status: Status, reason: str, outcome: DependencyOutcome
+) -> _Result:
+    """Enter a terminal ``status`` and tell every dependent how this task ended."""
+    answers = _answer_all(task, event, outcome)
+    ended = replace(task, last_error=reason or task.last_error, waiting=(), open_dependencies=())
+    return _enter(ended, status, event), answers
+
+
+def _become_ready(task: TaskState, event: Event) -> _Result:
+    task = _enter(replace(task, waiting=()), Status.READY, event)
+    ready = ReadyToSchedule(
+        ready_id=derived_event_id(event.event_id, "ready"),
+        task_id=task.task_id,
+        platform=task.platform,
+        task_type=task.task_type,
+        priority=task.priority,
+        attempt=task.attempt + 1,
+        ready_at_ms=event.occurred_at_ms,
+    )
+    return task, (ready,)
+
+
+def _answer_all(task: TaskState, event: Event, outcome: DependencyOutcome) -> tuple[Effect, ...]:
+    return tuple(_answer(event, dependent, outcome) for dependent in task.dependents)
+
+
+def _answer(event: Event, dependent_id: str, outcome: DependencyOutcome) -> FollowUp:
+    return _follow_up(event, dependent_id, DependencyResolved(event.task_id, outcome))
+
+
+def _follow_up(cause: Event, task_id: str, payload: Payload) -> FollowUp:
+    event_id = derived_event_id(cause.event_id, type(payload).__name__, task_id)
+    return FollowUp(Event(event_id, task_id, cause.occurred_at_ms, Source.FOLD, payload))
+
+
+def _enter(task: TaskState, status: Status, event: Event) -> TaskState:
+    transition = Transition(status, event.occurred_at_ms, event.event_id)
+    return replace(task, status=status, history=(*task.history, transition))
+
+
+def _with(ids: tuple[str, ...], new_id: str) -> tuple[str, ...]:
+    return ids if new_id in ids else tuple(sorted((*ids, new_id)))
+
+
+def _require_created(state: TaskState | None, event: Event) -> TaskState:
+    if state is None or not state.status.is_created:
+        raise _Refusal(RejectionCode.UNKNOWN_TASK, f"task {event.task_id} does not exist")
+    return state
+
+
+def _require(state: TaskState | None, event: Event, *allowed: Status) -> TaskState:
+    task = _require_created(state, event)
+    if task.status not in allowed:
+        raise _Refusal(
+            RejectionCode.ILLEGAL_TRANSITION, f"{event.kind} is not allowed in status {task.status}"
+        )
+    return task
+
+
+_HANDLERS: dict[type[Any], Callable[[TaskState | None, Event, Any], _Result]] = {
+    TaskCreated: _on_created,
+    TaskDispatched: _on_dispatched,
+    TaskStarted: _on_started,
+    TaskProgress: _on_progress,
+    TaskCompleted: _on_completed,
+    TaskFailed: _on_failed,
+    TaskCancelled: _on_cancelled,
+    TaskTimedOut: _on_timed_out,
+    TaskRetryScheduled: _on_retry_scheduled,
+    TaskRetryDue: _on_retry_due,
+    DependencyRegistered: _on_registered,
+    DependencyResolved: _on_resolved,
+    DependencyWaitExpired: _on_wait_expired,
+}

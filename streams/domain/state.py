@@ -1,0 +1,151 @@
+"""A task's state: what the fold knows about one task after the events so far.
+
+``TaskState`` is immutable; the fold returns a new one for every accepted event. States convert
+to and from plain JSON-ready dicts (:func:`state_to_dict`, :func:`state_from_dict`) for the
+``tasks`` table and for replay comparisons; two equal states give identical dicts.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    """Where a task is in its life.
+
+    ``awaited`` and ``missing`` are not task statuses in the usual sense: they mark an id that
+    other tasks depend on but that was not created (yet, or within their wait bound).
+    """
+
+    AWAITED = "awaited"
+    MISSING = "missing"
+    PENDING = "pending"
+    READY = "ready"
+    DISPATCHED = "dispatched"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once nothing can change the outcome."""
+        return self in _TERMINAL
+
+    @property
+    def is_created(self) -> bool:
+        """True for a task that was actually created (not a mere placeholder)."""
+        return self not in (Status.AWAITED, Status.MISSING)
+
+
+_TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+
+
+@dataclass(frozen=True)
+class TaskPolicy:
+    """How a task is run, fixed when it is created (see ``TaskCreated``)."""
+
+    timeout_ms: int = 0
+    max_attempts: int = 1
+    retry_delay_ms: int = 0
+    result_ttl_ms: int = 0
+    dependency_wait_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Transition:
+    """The task entered ``status`` at ``at_ms`` because of event ``event_id``."""
+
+    status: Status
+    at_ms: int
+    event_id: str
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """Everything the fold knows about one task.
+
+    Attributes:
+        open_dependencies: dependencies not yet resolved (sorted).
+        dependents: tasks waiting for this one to finish (sorted).
+        waiting: tasks waiting on this one directly or transitively; kept only while the task
+            could still be part of a dependency cycle (awaited or pending).
+        awaited_until_ms: for an awaited id, when its dependents stop waiting for it.
+        deadline_ms: when the running attempt times out.
+        retry_due_at_ms: when the scheduled retry becomes due.
+        seen_event_ids: ids of every event applied, for idempotence.
+    """
+
+    task_id: str
+    status: Status
+    task_type: str = ""
+    platform: str = ""
+    target: str = ""
+    priority: int = 0
+    dependencies: tuple[str, ...] = ()
+    open_dependencies: tuple[str, ...] = ()
+    dependents: tuple[str, ...] = ()
+    waiting: tuple[str, ...] = ()
+    policy: TaskPolicy = field(default_factory=TaskPolicy)
+    attempt: int = 0
+    progress: float = 0.0
+    result: bytes | None = None
+    result_content_type: str = ""
+    last_error: str = ""
+    created_at_ms: int = 0
+    updated_at_ms: int = 0
+    completed_at_ms: int | None = None
+    awaited_until_ms: int | None = None
+    deadline_ms: int | None = None
+    retry_due_at_ms: int | None = None
+    history: tuple[Transition, ...] = ()
+    seen_event_ids: tuple[str, ...] = ()
+
+    def result_expires_at_ms(self) -> int | None:
+        """When the result stops being served, or None if there is no result."""
+        if self.completed_at_ms is None:
+            return None
+        return self.completed_at_ms + self.policy.result_ttl_ms
+
+
+def state_to_dict(state: TaskState) -> dict[str, Any]:
+    """A JSON-ready dict of ``state`` (bytes as base64, enums as strings)."""
+    data = asdict(state)
+    data["status"] = str(state.status)
+    data["history"] = [[str(t.status), t.at_ms, t.event_id] for t in state.history]
+    if state.result is not None:
+        data["result"] = base64.b64encode(state.result).decode("ascii")
+    for name in ("dependencies", "open_dependencies", "dependents", "waiting", "seen_event_ids"):
+        data[name] = list(data[name])
+    return data
+
+
+def state_from_dict(data: dict[str, Any]) -> TaskState:
+    """The inverse of :func:`state_to_dict`."""
+    known = {f.name for f in fields(TaskState)}
+    values = {k: v for k, v in data.items() if k in known}
+    values["status"] = Status(data["status"])
+    values["policy"] = TaskPolicy(**data.get("policy", {}))
+    values["history"] = tuple(
+        Transition(Status(s), at, eid) for s, at, eid in data.get("history", ())
+    )
+    if data.get("result") is not None:
+        values["result"] = base64.b64decode(data["result"])
+    for name in ("dependencies", "open_dependencies", "dependents", "waiting", "seen_event_ids"):
+        values[name] = tuple(data.get(name, ()))
+    return TaskState(**values)
+
+
+def state_to_json(state: TaskState) -> bytes:
+    """``state`` as compact, canonical JSON bytes (the ``tasks`` table's value format)."""
+    return json.dumps(state_to_dict(state), sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def state_from_json(data: bytes) -> TaskState:
+    """The inverse of :func:`state_to_json`."""
+    return state_from_dict(json.loads(data))

@@ -1,0 +1,53 @@
+"""The project's exceptions: one root, a branch per kind of failure.
+
+Infrastructure errors say whether retrying can help (``retriable``), as aiokafka's do, so a caller
+can tell "the broker is still starting" from "Java is not installed".
+"""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """Root of every error this project raises on purpose."""
+
+
+class ConfigurationError(OrchestratorError):
+    """A setting is missing or malformed; the message names the key."""
+
+
+class ValidationError(OrchestratorError, ValueError):
+    """A client call was given bad input; nothing was written."""
+
+
+class SchemaError(OrchestratorError):
+    """Bytes could not be decoded, or a value could not be encoded, with the Avro schemas."""
+
+
+class InfrastructureError(OrchestratorError):
+    """Kafka, the local broker or a worker could not be reached or started.
+
+    Attributes:
+        retriable: True if the same call may succeed later without a change by the user.
+    """
+
+    retriable: bool = False
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+
+
+class LocalBrokerError(InfrastructureError):
+    """The local Kafka broker (``orchestrator kafka``) could not be fetched, started or stopped."""
+
+
+class TaskNotFoundError(OrchestratorError, LookupError):
+    """No task with that id is known to the worker that owns it."""
+
+
+class ResultExpiredError(OrchestratorError):
+    """The task completed, but its result is older than ``result_ttl`` and is no longer served."""
+
+
+class ResultNotReadyError(OrchestratorError):
+    """The task has not completed (yet), so it has no result."""

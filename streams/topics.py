@@ -1,0 +1,91 @@
+"""The project's topics: names, configs, and their creation up front with the admin client.
+
+Faust creates only its own internal topics (table changelogs); everything else is created here
+with explicit partition counts (all equal, so that a task's events, its table entry and its
+changelog live in partitions with the same number) and configs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from streams.errors import InfrastructureError
+
+log = logging.getLogger(__name__)
+
+TASK_EVENTS = "task.events"
+TASK_READY = "task.ready"
+TASK_DISPATCH = "task.dispatch"
+TASK_COMPLETED = "task.completed"
+TASK_EVENTS_DLQ = "task.events.dlq"
+
+DLQ_RETENTION_MS = 14 * 24 * 60 * 60 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic the project owns: its name and the configs it is created with."""
+
+    name: str
+    config: dict[str, str]
+
+
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec(TASK_EVENTS, {"retention.ms": "-1", "retention.bytes": "-1"}),
+    TopicSpec(TASK_READY, {"retention.ms": str(7 * 24 * 60 * 60 * 1000)}),
+    TopicSpec(TASK_DISPATCH, {"retention.ms": str(7 * 24 * 60 * 60 * 1000)}),
+    TopicSpec(TASK_COMPLETED, {"cleanup.policy": "compact"}),
+    TopicSpec(TASK_EVENTS_DLQ, {"retention.ms": str(DLQ_RETENTION_MS)}),
+)
+
+
+async def ensure_topics(bootstrap_servers: str, partitions: int, replication: int = 1) -> list[str]:
+    """Create the project's topics that do not exist yet; return the names created.
+
+    Existing topics are left as they are, but a partition count different from ``partitions``
+    is an error: tables would no longer be co-partitioned with their source topic.
+
+    Raises:
+        InfrastructureError: the broker cannot be reached, or a topic has the wrong partitions.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=15_000)
+    try:
+        await admin.start()
+        existing = await _partition_counts(admin)
+        created: list[str] = []
+        for spec in TOPICS:
+            if spec.name in existing:
+                if existing[spec.name] != partitions:
+                    raise InfrastructureError(
+                        f"topic {spec.name} has {existing[spec.name]} partitions, the settings say "
+                        f"{partitions}: set 'partitions' to {existing[spec.name]}"
+                    )
+                continue
+            topic = NewTopic(spec.name, partitions, replication, topic_configs=spec.config)
+            try:
+                await admin.create_topics([topic])
+                created.append(spec.name)
+            except TopicAlreadyExistsError:
+                pass
+        if created:
+            log.info("created topics %s with %d partitions", ", ".join(created), partitions)
+        return created
+    except KafkaError as exc:
+        raise InfrastructureError(
+            f"cannot reach Kafka at {bootstrap_servers}: {exc}", retriable=True
+        ) from exc
+    finally:
+        await admin.close()
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient) -> dict[str, int]:
+    names = [spec.name for spec in TOPICS]
+    present = set(await admin.list_topics()) & set(names)
+    if not present:
+        return {}
+    described = await admin.describe_topics(sorted(present))
+    return {d["topic"]: len(d["partitions"]) for d in described if not d.get("error_code")}

@@ -1,0 +1,95 @@
+"""HTTP views of a worker: task status and results, served by the worker that owns the task.
+
+A request for a task reaching any worker is forwarded by faust's topic router to the worker
+that owns the task's partition of ``task.events`` (keys are raw UTF-8 bytes, as on the topic).
+A client that has just written an event passes ``after=PARTITION:OFFSET``; the view waits until
+the fold has processed that offset, so the answer reflects the client's own write.
+
+Routes:
+    GET /tasks/{task_id}         the task's state (404 if no such task)
+    GET /tasks/{task_id}/result  the result (409 not completed, 410 expired)
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+from faust.web import Request, Response, View
+
+from streams.app import Runtime
+from streams.domain import Status, TaskState, state_from_json, state_to_dict
+
+_HIDDEN_FIELDS = ("seen_event_ids", "result", "waiting")
+
+
+def register(runtime: Runtime) -> None:
+    """Add the task views to ``runtime.app``."""
+    app = runtime.app
+
+    @app.page("/tasks/{task_id}")
+    @app.topic_route(topic=runtime.events_topic, match_info="task_id")
+    async def task_status(self: View, request: Request, task_id: str) -> Response:
+        state, error = await _read(runtime, self, request, task_id)
+        if state is None:
+            return error
+        return self.json(status_document(state))
+
+    @app.page("/tasks/{task_id}/result")
+    @app.topic_route(topic=runtime.events_topic, match_info="task_id")
+    async def task_result(self: View, request: Request, task_id: str) -> Response:
+        state, error = await _read(runtime, self, request, task_id)
+        if state is None:
+            return error
+        if state.status is not Status.COMPLETED or state.result is None:
+            detail = f"task {task_id} is {state.status}, not completed"
+            return self.json(
+                {"error": "not_completed", "detail": detail, "status": str(state.status)},
+                status=409,
+            )
+        expires_at_ms = state.result_expires_at_ms() or 0
+        if time.time() * 1000 >= expires_at_ms:
+            detail = f"the result of {task_id} expired at {expires_at_ms} ms"
+            return self.json(
+                {"error": "expired", "detail": detail, "expired_at_ms": expires_at_ms}, status=410
+            )
+        return self.json(
+            {
+                "task_id": task_id,
+                "content_type": state.result_content_type,
+                "result_b64": base64.b64encode(state.result).decode("ascii"),
+                "completed_at_ms": state.completed_at_ms,
+                "expires_at_ms": expires_at_ms,
+            }
+        )
+
+
+def status_document(state: TaskState) -> dict[str, Any]:
+    """The JSON document of a task's status."""
+    document = state_to_dict(state)
+    for name in _HIDDEN_FIELDS:
+        document.pop(name, None)
+    document["result_available"] = state.result is not None
+    return document
+
+
+async def _read(
+    runtime: Runtime, view: View, request: Request, task_id: str
+) -> tuple[TaskState | None, Response]:
+    after = request.query.get("after")
+    if after:
+        try:
+            partition, offset = (int(part) for part in after.split(":", 1))
+        except ValueError:
+            return None, view.json(
+                {"error": "bad_request", "detail": "after must be PARTITION:OFFSET"}, status=400
+            )
+        if not await runtime.processed.wait_for(partition, offset, runtime.settings.read_timeout):
+            detail = f"the worker has not processed offset {offset} of partition {partition} yet"
+            return None, view.json({"error": "not_caught_up", "detail": detail}, status=503)
+    stored = runtime.tasks.get(task_id.encode("utf-8"))
+    state = state_from_json(stored) if stored is not None else None
+    if state is None or not state.status.is_created:
+        return None, view.json({"error": "not_found", "detail": f"no task {task_id}"}, status=404)
+    return state, view.json({})
