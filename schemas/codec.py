@@ -17,7 +17,7 @@ from typing import Any, cast
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from streams.errors import SchemaError
+from streams.errors import SchemaError, UnknownSchemaError
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
@@ -83,7 +83,7 @@ class SingleObjectCodec:
             raise SchemaError("not an Avro single-object message (bad magic bytes)")
         writer = self._writers.get(data[2:HEADER_SIZE])
         if writer is None:
-            raise SchemaError(f"unknown writer schema fingerprint {data[2:HEADER_SIZE].hex()}")
+            raise UnknownSchemaError(f"unknown writer schema fingerprint {data[2:HEADER_SIZE].hex()}")
         body = io.BytesIO(data)
         body.seek(HEADER_SIZE)
         try:

@@ -23,7 +23,7 @@ from streams.domain import (
     ReadyToSchedule,
     Source,
 )
-from streams.errors import SchemaError
+from streams.errors import SchemaError, UnknownSchemaError
 
 NAMESPACE = "discovery.orchestrator"
 SCHEMA_VERSION = 1
@@ -75,7 +75,7 @@ def record_to_event(record: dict[str, Any]) -> Event:
     name, fields = record["payload"]
     cls = _PAYLOADS_BY_NAME.get(name)
     if cls is None:
-        raise SchemaError(f"unknown event type {name}")
+        raise UnknownSchemaError(f"unknown event type {name}")
     try:
         values = {f.name: fields[f.name] for f in dataclasses.fields(cls)}
         for key in ("dependencies", "waiting"):

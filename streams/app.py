@@ -100,6 +100,8 @@ def create_app(settings: Settings) -> faust.App:
         web_graph_enabled=False,
         web_stats_enabled=False,
         broker_commit_interval=settings.commit_interval,
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=max(settings.session_timeout / 10, 0.5),
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
         producer_max_request_size=2_000_000,

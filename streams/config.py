@@ -56,6 +56,8 @@ class Settings:
     commit_interval: float = 0.2
     """Seconds between the worker's transaction commits. Outputs become visible to
     ``read_committed`` readers at a commit, so this bounds the latency of ``task.ready``."""
+    session_timeout: float = 10.0
+    """Seconds after which a worker that stopped heart-beating (a crash) loses its partitions."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Keys for later components (``max_concurrent_tasks``, ``<platform>_rate_limits``)."""
 
@@ -79,6 +81,7 @@ _POSITIVE = {
     "web_port",
     "read_timeout",
     "commit_interval",
+    "session_timeout",
 }
 _NON_NEGATIVE = {"max_retries", "retry_delay", "result_ttl"}
 

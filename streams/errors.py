@@ -23,6 +23,10 @@ class SchemaError(OrchestratorError):
     """Bytes could not be decoded, or a value could not be encoded, with the Avro schemas."""
 
 
+class UnknownSchemaError(SchemaError):
+    """The message was written with a schema (or an event type) this reader does not know."""
+
+
 class InfrastructureError(OrchestratorError):
     """Kafka, the local broker or a worker could not be reached or started.
 

@@ -27,7 +27,7 @@ from streams.domain import (
     state_from_json,
     state_to_json,
 )
-from streams.errors import SchemaError
+from streams.errors import SchemaError, UnknownSchemaError
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,9 @@ async def _process(runtime: Runtime, event: EventT[Any]) -> None:
     message = event.message
     try:
         task_event = decode_event(message.value or b"")
+    except UnknownSchemaError as exc:
+        await outbox.dead_letter("unknown_schema", str(exc))
+        return
     except SchemaError as exc:
         await outbox.dead_letter("undecodable", str(exc))
         return

@@ -1,0 +1,48 @@
+# The project's commands. `make run` and `make test` work from a fresh clone: they create the
+# virtual environment and install what they need.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: help run test lint unit integration bench kafka-up kafka-status kafka-down clean
+
+help: ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP) ## the main job: local Kafka, a worker and a demo workload
+	$(BIN)/python -m streams.demo
+
+test: lint ## everything CI runs: ruff, mypy, unit and integration tests
+	$(BIN)/pytest
+
+lint: $(STAMP) ## ruff (lint and format) and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy streams schemas projections
+
+unit: $(STAMP) ## unit tests only (no broker)
+	$(BIN)/pytest tests/unit
+
+integration: $(STAMP) ## integration tests only (starts its own broker)
+	$(BIN)/pytest tests/integration
+
+kafka-up: $(STAMP) ## start the local broker on 127.0.0.1:9092
+	$(BIN)/orchestrator kafka up
+
+kafka-status: $(STAMP) ## is the local broker up?
+	$(BIN)/orchestrator kafka status
+
+kafka-down: $(STAMP) ## stop the local broker
+	$(BIN)/orchestrator kafka down
+
+clean: ## remove the virtual environment and caches (not the Kafka jars)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

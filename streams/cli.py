@@ -1,0 +1,208 @@
+"""``orchestrator``: the command line.
+
+Every command prints one clear line and exits non-zero on error (no traceback, unless
+``ORCHESTRATOR_DEBUG=1``). The broker comes from ``--broker`` or ``ORCHESTRATOR_BROKER``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from streams.config import load_settings
+from streams.errors import OrchestratorError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        status: int = args.handler(args)
+    except OrchestratorError as exc:
+        if os.environ.get("ORCHESTRATOR_DEBUG"):
+            raise
+        print(f"orchestrator: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return status
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orchestrator", description="Event-sourced task orchestrator on Apache Kafka."
+    )
+    parser.set_defaults(handler=lambda _args: _usage(parser))
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    kafka = commands.add_parser("kafka", help="run a local Kafka broker (no Docker needed)")
+    kafka.set_defaults(handler=lambda _args: _usage(kafka))
+    kafka_commands = kafka.add_subparsers(metavar="ACTION")
+    up = kafka_commands.add_parser(
+        "up", help="fetch Kafka with Maven if needed, start it, wait until it serves"
+    )
+    up.add_argument(
+        "--port", type=int, default=9092, help="client port on 127.0.0.1 (default 9092)"
+    )
+    up.add_argument("--data-dir", type=Path, default=None, help="log and state directory")
+    up.set_defaults(handler=_kafka_up)
+    status = kafka_commands.add_parser("status", help="say whether the local broker is up")
+    status.add_argument("--data-dir", type=Path, default=None)
+    status.set_defaults(handler=_kafka_status)
+    down = kafka_commands.add_parser("down", help="stop the local broker")
+    down.add_argument("--data-dir", type=Path, default=None)
+    down.set_defaults(handler=_kafka_down)
+
+    worker = commands.add_parser("worker", help="run a worker: the fold agent and the HTTP API")
+    _common_options(worker)
+    worker.add_argument("--web-port", type=int, help="HTTP port (env ORCHESTRATOR_WEB_PORT)")
+    worker.add_argument("--data-dir", help="state directory (env ORCHESTRATOR_DATA_DIR)")
+    worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    worker.set_defaults(handler=_worker)
+
+    submit = commands.add_parser("submit", help="create a task")
+    _common_options(submit)
+    submit.add_argument("task_type")
+    submit.add_argument("platform")
+    submit.add_argument("target")
+    submit.add_argument("--depends-on", action="append", default=[], metavar="TASK_ID")
+    submit.add_argument("--priority", type=int, default=5, help="1 (most urgent) to 10")
+    submit.add_argument("--task-id", default=None)
+    submit.set_defaults(handler=_submit)
+
+    show = commands.add_parser("status", help="print a task's status as JSON")
+    _common_options(show)
+    show.add_argument("task_id")
+    show.set_defaults(handler=_status)
+
+    result = commands.add_parser("result", help="print a completed task's result")
+    _common_options(result)
+    result.add_argument("task_id")
+    result.set_defaults(handler=_result)
+    return parser
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--broker", help="Kafka bootstrap servers (env ORCHESTRATOR_BROKER)")
+    parser.add_argument("--config", type=Path, help="JSON or TOML config file")
+    parser.add_argument("--api-url", help="a worker's HTTP API (env ORCHESTRATOR_API_URL)")
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    overrides = {
+        key: value
+        for key, value in (
+            ("bootstrap_servers", args.broker),
+            ("api_url", getattr(args, "api_url", None)),
+            ("web_port", getattr(args, "web_port", None)),
+            ("data_dir", getattr(args, "data_dir", None)),
+        )
+        if value is not None
+    }
+    return load_settings(file=args.config, overrides=overrides)
+
+
+def _kafka_up(args: argparse.Namespace) -> int:
+    from streams import localbroker
+
+    info = localbroker.up(port=args.port, data_dir=args.data_dir)
+    print(_describe(info))
+    return 0
+
+
+def _kafka_status(args: argparse.Namespace) -> int:
+    from streams import localbroker
+
+    info = localbroker.status(args.data_dir)
+    if info is None:
+        print("Kafka is not running (start it with: orchestrator kafka up)")
+        return 1
+    print(_describe(info))
+    return 0
+
+
+def _describe(info: Any) -> str:
+    return (
+        f"Kafka {info.version} is up at {info.bootstrap_servers} "
+        f"(pid {info.pid}, log {info.log_file})"
+    )
+
+
+def _kafka_down(args: argparse.Namespace) -> int:
+    from streams import localbroker
+
+    stopped = localbroker.down(args.data_dir)
+    print("Kafka stopped" if stopped else "Kafka was not running")
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from streams.worker import run_worker
+
+    run_worker(_settings(args), loglevel=args.loglevel)
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from streams.client import TaskManager
+
+    async def submit() -> str:
+        async with TaskManager(_overrides(args)) as tm:
+            return await tm.create_task(
+                task_type=args.task_type,
+                platform=args.platform,
+                target=args.target,
+                dependencies=args.depends_on,
+                priority=args.priority,
+                task_id=args.task_id,
+            )
+
+    print(asyncio.run(submit()))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from streams.client import TaskManager
+
+    async def status() -> dict[str, Any]:
+        async with TaskManager(_overrides(args)) as tm:
+            return await tm.get_task_status(args.task_id)
+
+    print(json.dumps(asyncio.run(status()), indent=2, sort_keys=True))
+    return 0
+
+
+def _result(args: argparse.Namespace) -> int:
+    from streams.client import TaskManager
+
+    async def result() -> Any:
+        async with TaskManager(_overrides(args)) as tm:
+            return await tm.get_task_result(args.task_id)
+
+    value = asyncio.run(result())
+    if isinstance(value, bytes):
+        sys.stdout.buffer.write(value)
+    else:
+        print(json.dumps(value, indent=2, sort_keys=True))
+    return 0
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    settings = _settings(args)
+    return {"bootstrap_servers": settings.bootstrap_servers, "api_url": settings.api_url}

@@ -1,0 +1,110 @@
+"""Worker processes started from Python: for the demo, the tests and the benchmarks.
+
+A worker is always a separate ``orchestrator worker`` process (exactly-once holds only under
+``faust.Worker``, which owns its event loop), started with its own data directory and web port.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streams.errors import InfrastructureError
+
+READY_LINE = "[^Worker]: Ready"
+
+
+@dataclass
+class WorkerProcess:
+    """A running ``orchestrator worker`` and where its output goes."""
+
+    process: subprocess.Popen[bytes]
+    log_file: Path
+    web_port: int
+    data_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    log_offset: int = 0
+    """Size of the log file when this process started: older lines are a previous run's."""
+
+    @property
+    def api_url(self) -> str:
+        """The worker's HTTP API."""
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last ``lines`` lines of the worker's log."""
+        text = self.log_file.read_text(encoding="utf-8", errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        """Wait until this process logs that it is ready.
+
+        Raises:
+            InfrastructureError: the worker exited or did not get ready in time.
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise InfrastructureError(
+                    f"worker exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            with self.log_file.open("rb") as log:
+                log.seek(self.log_offset)
+                if READY_LINE.encode() in log.read():
+                    return
+            time.sleep(0.1)
+        raise InfrastructureError(f"worker not ready after {timeout_s} s:\n{self.log_tail()}")
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, wait, then SIGKILL; return the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to commit or clean up."""
+        self.process.kill()
+        self.process.wait()
+
+
+def start_worker(
+    bootstrap_servers: str,
+    data_dir: Path,
+    web_port: int,
+    settings: dict[str, str] | None = None,
+    log_file: Path | None = None,
+    extra_args: tuple[str, ...] = (),
+) -> WorkerProcess:
+    """Start ``orchestrator worker`` in a new process; settings go in ``ORCHESTRATOR_*`` vars."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_file = log_file or data_dir / "worker.log"
+    env = dict(os.environ)
+    env.update({f"ORCHESTRATOR_{k.upper()}": str(v) for k, v in (settings or {}).items()})
+    command = [
+        sys.executable,
+        "-m",
+        "streams",
+        "worker",
+        "--broker",
+        bootstrap_servers,
+        "--web-port",
+        str(web_port),
+        "--data-dir",
+        str(data_dir),
+        *extra_args,
+    ]
+    with log_file.open("ab") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=data_dir
+        )
+    return WorkerProcess(process, log_file, web_port, data_dir, env)

@@ -1,0 +1,125 @@
+"""Exactly once across crashes: two workers, each killed with SIGKILL once mid-workload, restarted.
+
+The test drives 5,000 tasks through created → ready → started → completed (it plays the
+executor: for every ``task.ready`` record it writes ``TaskStarted`` and ``TaskCompleted``). One
+in five tasks depends on an earlier one, so dependency signals cross partitions and workers.
+Afterwards ``task.ready`` and ``task.completed`` (read committed) must hold exactly one record
+per task: none missing, none twice.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections import Counter
+
+from aiokafka import AIOKafkaProducer
+
+from schemas import decode_completed, decode_ready, encode_event
+from streams.domain import Event, Source, TaskCompleted, TaskCreated, TaskStarted
+from tests.integration.conftest import Cluster
+from tests.integration.kafka_io import Follower, read_until
+
+TASKS = 5_000
+KILLS_AFTER_COMPLETED = {"w1": TASKS // 3, "w2": 2 * TASKS // 3}
+DEADLINE_S = 240.0
+
+
+def _event(task_id: str, payload: object) -> Event:
+    return Event(str(uuid.uuid4()), task_id, int(time.time() * 1000), Source.CLIENT, payload)  # type: ignore[arg-type]
+
+
+async def test_two_workers_one_killed_mid_workload_lose_and_duplicate_nothing(
+    cluster: Cluster, bootstrap_servers: str
+) -> None:
+    workers = {name: cluster.start(name) for name in KILLS_AFTER_COMPLETED}
+    run = uuid.uuid4().hex[:8]
+    ids = [f"crash-{run}-{i:05d}" for i in range(TASKS)]
+    rng = random.Random(7)
+    dependencies = {
+        tid: (ids[rng.randrange(i)],) if i and i % 5 == 0 else () for i, tid in enumerate(ids)
+    }
+    mine = set(ids)
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True, linger_ms=5
+    )
+    await producer.start()
+    completed_seen: set[str] = set()
+    ready_seen: Counter[str] = Counter()
+    killed: list[str] = []
+    try:
+        async with (
+            Follower(bootstrap_servers, "task.ready") as ready,
+            Follower(bootstrap_servers, "task.completed") as done,
+        ):
+            for tid in ids:
+                created = TaskCreated(
+                    "scrape", "linkedin", tid, 5, dependencies[tid], 600_000, 1, 0, 600_000, 600_000
+                )
+                await producer.send(
+                    "task.events", encode_event(_event(tid, created)), key=tid.encode()
+                )
+            await producer.flush()
+            deadline = time.monotonic() + DEADLINE_S
+            while len(completed_seen) < TASKS and time.monotonic() < deadline:
+                for record in await ready.next_batch(100):
+                    tid = decode_ready(record.value or b"").task_id
+                    if tid not in mine:
+                        continue
+                    ready_seen[tid] += 1
+                    if ready_seen[tid] == 1:
+                        key = tid.encode()
+                        await producer.send(
+                            "task.events", encode_event(_event(tid, TaskStarted())), key=key
+                        )
+                        result = TaskCompleted(json.dumps({"task": tid}).encode())
+                        await producer.send(
+                            "task.events", encode_event(_event(tid, result)), key=key
+                        )
+                for record in await done.next_batch(10):
+                    tid = decode_completed(record.value or b"").task_id
+                    if tid in mine:
+                        completed_seen.add(tid)
+                for name, threshold in KILLS_AFTER_COMPLETED.items():
+                    if name not in killed and len(completed_seen) >= threshold:
+                        workers[name].kill()
+                        killed.append(name)
+                        cluster.workers.remove(workers[name])
+                        workers[name] = cluster.start(name)  # same data dir: RocksDB + changelog
+    finally:
+        await producer.stop()
+
+    ready_records = await read_until(
+        bootstrap_servers,
+        "task.ready",
+        done=lambda kept: len(kept) >= TASKS,
+        timeout_s=30,
+        keep=lambda r: decode_ready(r.value or b"").task_id in mine,
+    )
+    completed_records = await read_until(
+        bootstrap_servers,
+        "task.completed",
+        done=lambda kept: len(kept) >= TASKS,
+        timeout_s=30,
+        keep=lambda r: decode_completed(r.value or b"").task_id in mine,
+    )
+    ready_counts = Counter(decode_ready(r.value or b"").task_id for r in ready_records)
+    completed_counts = Counter(decode_completed(r.value or b"").task_id for r in completed_records)
+    report = {
+        "tasks": TASKS,
+        "kills": len(killed),
+        "ready_records": len(ready_records),
+        "ready_missing": len(mine - ready_counts.keys()),
+        "ready_duplicated": sum(1 for c in ready_counts.values() if c > 1),
+        "completed_records": len(completed_records),
+        "completed_missing": len(mine - completed_counts.keys()),
+        "completed_duplicated": sum(1 for c in completed_counts.values() if c > 1),
+    }
+    print(f"crash test: {json.dumps(report)}")
+    assert killed == list(KILLS_AFTER_COMPLETED)
+    assert report["ready_missing"] == 0 and report["ready_duplicated"] == 0, report
+    assert report["completed_missing"] == 0 and report["completed_duplicated"] == 0, report
+    assert report["ready_records"] == TASKS and report["completed_records"] == TASKS, report
