@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 from faust.types import TopicT
 
 from streams import topics, transactions
 from streams.config import Settings
+
+if TYPE_CHECKING:
+    from streams.agents.timers import DeadlineIndex
 
 
 class ProcessedOffsets:
@@ -61,10 +64,17 @@ class Runtime:
     events_topic: TopicT
     tasks: transactions.TrackedTable
     processed: ProcessedOffsets = field(default_factory=ProcessedOffsets)
+    deadlines: DeadlineIndex = field(default_factory=lambda: _deadline_index())
 
     def raw_topic(self, name: str) -> TopicT:
         """A topic of raw bytes keys and values (every codec is applied by hand)."""
         return _raw_topic(self.app, name, self.settings.partitions)
+
+
+def _deadline_index() -> DeadlineIndex:
+    from streams.agents.timers import DeadlineIndex
+
+    return DeadlineIndex()
 
 
 def _raw_topic(app: faust.App, name: str, partitions: int) -> TopicT:
@@ -113,7 +123,7 @@ def create_app(settings: Settings) -> faust.App:
 def create_runtime(settings: Settings) -> Runtime:
     """Everything one worker runs: the app, its topics and tables, agents and views."""
     from streams import web as views
-    from streams.agents import fold
+    from streams.agents import fold, timers
 
     app = create_app(settings)
     tasks = transactions.TrackedTable(
@@ -133,6 +143,7 @@ def create_runtime(settings: Settings) -> Runtime:
         tasks=tasks,
     )
     fold.register(runtime)
+    timers.register(runtime)
     views.register(runtime)
     return runtime
 

@@ -272,6 +272,7 @@ class TaskManager:
         if task_id in self._last_write:
             partition, offset = self._last_write[task_id]
             params["after"] = f"{partition}:{offset}"
+            params["wait"] = str(self.settings.read_timeout)
         url = self.settings.api_url.rstrip("/") + path
         try:
             async with self._http.get(url, params=params) as response:

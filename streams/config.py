@@ -56,6 +56,8 @@ class Settings:
     commit_interval: float = 0.2
     """Seconds between the worker's transaction commits. Outputs become visible to
     ``read_committed`` readers at a commit, so this bounds the latency of ``task.ready``."""
+    timer_interval: float = 0.5
+    """Seconds between the timer's checks for timeouts, due retries and expired waits."""
     session_timeout: float = 10.0
     """Seconds after which a worker that stopped heart-beating (a crash) loses its partitions."""
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -82,6 +84,7 @@ _POSITIVE = {
     "read_timeout",
     "commit_interval",
     "session_timeout",
+    "timer_interval",
 }
 _NON_NEGATIVE = {"max_retries", "retry_delay", "result_ttl"}
 
@@ -167,12 +170,13 @@ def _build(values: dict[str, Any]) -> Settings:
 
 def _convert(key: str, value: Any, annotation: Any) -> Any:
     kind = {"str": str, "int": int, "float": float}[str(annotation)]
+    expected = {str: "a string", int: "an integer", float: "a number"}[kind]
     if isinstance(value, bool) or (kind is str and not isinstance(value, str)):
-        raise ConfigurationError(f"{key} must be a {kind.__name__}, got {value!r}")
+        raise ConfigurationError(f"{key} must be {expected}, got {value!r}")
     try:
         converted = kind(value)
     except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"{key} must be a {kind.__name__}, got {value!r}") from exc
+        raise ConfigurationError(f"{key} must be {expected}, got {value!r}") from exc
     if kind is int and isinstance(value, float) and value != converted:
         raise ConfigurationError(f"{key} must be a whole number, got {value!r}")
     return converted

@@ -3,7 +3,8 @@
 A request for a task reaching any worker is forwarded by faust's topic router to the worker
 that owns the task's partition of ``task.events`` (keys are raw UTF-8 bytes, as on the topic).
 A client that has just written an event passes ``after=PARTITION:OFFSET``; the view waits until
-the fold has processed that offset, so the answer reflects the client's own write.
+the fold has processed that offset (at most ``wait`` seconds, default ``read_timeout``, capped at
+``MAX_WAIT_S``), so the answer reflects the client's own write.
 
 Routes:
     GET /tasks/{task_id}         the task's state (404 if no such task)
@@ -74,6 +75,16 @@ def status_document(state: TaskState) -> dict[str, Any]:
     return document
 
 
+MAX_WAIT_S = 120.0
+
+
+def _wait_seconds(asked: str | None, default_s: float) -> float:
+    try:
+        return min(max(float(asked), 0.0), MAX_WAIT_S) if asked else default_s
+    except ValueError:
+        return default_s
+
+
 async def _read(
     runtime: Runtime, view: View, request: Request, task_id: str
 ) -> tuple[TaskState | None, Response]:
@@ -85,7 +96,8 @@ async def _read(
             return None, view.json(
                 {"error": "bad_request", "detail": "after must be PARTITION:OFFSET"}, status=400
             )
-        if not await runtime.processed.wait_for(partition, offset, runtime.settings.read_timeout):
+        wait_s = _wait_seconds(request.query.get("wait"), runtime.settings.read_timeout)
+        if not await runtime.processed.wait_for(partition, offset, wait_s):
             detail = f"the worker has not processed offset {offset} of partition {partition} yet"
             return None, view.json({"error": "not_caught_up", "detail": detail}, status=503)
     stored = runtime.tasks.get(task_id.encode("utf-8"))

@@ -27,6 +27,7 @@ from streams.domain import (
     state_from_json,
     state_to_json,
 )
+from streams.domain.timers import next_deadline
 from streams.errors import SchemaError, UnknownSchemaError
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ async def _process(runtime: Runtime, event: EventT[Any]) -> None:
         outcome = apply(state, task_event)
         if outcome.state is not None and outcome.state is not state:
             runtime.tasks[message.key] = state_to_json(outcome.state)
+            runtime.deadlines.track(task_event.task_id, next_deadline(outcome.state))
         for effect in outcome.effects:
             await outbox.carry_out(effect)
     except Exception as exc:  # a bug must not stop the stream: park the event, keep going

@@ -80,4 +80,6 @@ def client_config(bootstrap_servers: str, worker: WorkerProcess) -> dict[str, ob
         "bootstrap_servers": bootstrap_servers,
         "api_url": worker.api_url,
         "partitions": PARTITIONS,
+        # a worker started late in the session first catches up on the whole log
+        "read_timeout": 60.0,
     }

@@ -1,0 +1,122 @@
+"""The timer: writes the events that only the clock can cause, for the tasks this worker owns.
+
+The fold agent tells the :class:`DeadlineIndex` each task's next deadline as it stores the task;
+after a rebalance the timer rebuilds the index from the table for its new partitions. Every tick
+it pops what is due, re-reads the task, asks the pure core for the due event
+(:func:`~streams.domain.timers.due_event`) and writes it to ``task.events`` with a plain producer:
+a timer runs outside any event, so it cannot take part in a transaction. The event's id is
+derived from the deadline, so a repeated write is applied once by the fold.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
+
+from schemas import encode_event
+from streams import topics
+from streams.app import Runtime
+from streams.domain import state_from_json
+from streams.domain.timers import due_event, next_deadline
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_MS = 5_000
+"""If the state has not moved this long after a timer event was written, write it again."""
+
+
+class DeadlineIndex:
+    """Tasks by their next deadline (a heap; stale entries are dropped when popped)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, str]] = []
+
+    def track(self, task_id: str, deadline_ms: int | None) -> None:
+        """Look at ``task_id`` again at ``deadline_ms`` (None: never)."""
+        if deadline_ms is not None:
+            heapq.heappush(self._heap, (deadline_ms, task_id))
+
+    def pop_due(self, now_ms: int) -> list[str]:
+        """The tasks whose deadline is at or before ``now_ms``, each once."""
+        due: dict[str, None] = {}
+        while self._heap and self._heap[0][0] <= now_ms:
+            due[heapq.heappop(self._heap)[1]] = None
+        return list(due)
+
+    def clear(self) -> None:
+        """Forget everything (before a rebuild)."""
+        self._heap.clear()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+
+def register(runtime: Runtime) -> None:
+    """Add the timer to ``runtime.app``."""
+    app = runtime.app
+    timer = _Timer(runtime)
+
+    @app.timer(interval=runtime.settings.timer_interval, name="deadlines")  # type: ignore[untyped-decorator]
+    async def deadlines() -> None:
+        await timer.tick()
+
+
+class _Timer:
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._owned: frozenset[int] = frozenset()
+        self._producer: AIOKafkaProducer | None = None
+
+    async def tick(self) -> None:
+        app = self._runtime.app
+        if app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+            return
+        owned = frozenset(
+            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topics.TASK_EVENTS
+        )
+        if owned != self._owned:
+            self._rebuild(owned)
+        now_ms = int(time.time() * 1000)
+        for task_id in self._runtime.deadlines.pop_due(now_ms):
+            await self._check(task_id, now_ms)
+
+    def _rebuild(self, owned: frozenset[int]) -> None:
+        index = self._runtime.deadlines
+        index.clear()
+        for key, value in self._runtime.tasks.items():
+            index.track(key.decode("utf-8"), next_deadline(state_from_json(value)))
+        self._owned = owned
+        log.info("deadline index rebuilt for partitions %s: %d tasks", sorted(owned), len(index))
+
+    async def _check(self, task_id: str, now_ms: int) -> None:
+        partition = (
+            murmur2(task_id.encode("utf-8")) & 0x7FFFFFFF
+        ) % self._runtime.settings.partitions
+        if partition not in self._owned:
+            return
+        stored = self._runtime.tasks.get(task_id.encode("utf-8"))
+        if stored is None:
+            return
+        state = state_from_json(stored)
+        event = due_event(state, now_ms)
+        if event is None:
+            self._runtime.deadlines.track(task_id, next_deadline(state))
+            return
+        producer = await self._ensure_producer()
+        await producer.send(topics.TASK_EVENTS, encode_event(event), key=task_id.encode("utf-8"))
+        self._runtime.deadlines.track(task_id, now_ms + RETRY_AFTER_MS)
+
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self._runtime.settings.bootstrap_servers,
+                enable_idempotence=True,
+                acks="all",
+            )
+            await producer.start()
+            self._producer = producer
+        return self._producer

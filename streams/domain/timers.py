@@ -1,0 +1,49 @@
+"""Deadlines: when a task needs an event that only the passing of time can cause.
+
+Three things happen by the clock: a running attempt times out, a scheduled retry becomes due,
+and an awaited dependency that was never created stops being waited for. The fold cannot notice
+them (it has no clock); a timer on the worker that owns the task asks :func:`next_deadline`
+when to look again, and :func:`due_event` which event to write once that time has come. The
+event's id is derived from the deadline it answers, so two timers (or one timer twice, across a
+rebalance) write the same id and the fold applies it once.
+"""
+
+from __future__ import annotations
+
+from streams.domain.events import (
+    DependencyWaitExpired,
+    Event,
+    Payload,
+    Source,
+    TaskRetryDue,
+    TaskTimedOut,
+    derived_event_id,
+)
+from streams.domain.state import Status, TaskState
+
+
+def next_deadline(state: TaskState) -> int | None:
+    """When (Unix ms) the task next needs a timer event, or None if time cannot change it."""
+    if state.status in (Status.RUNNING, Status.DISPATCHED):
+        return state.deadline_ms
+    if state.status is Status.RETRYING:
+        return state.retry_due_at_ms
+    if state.status is Status.AWAITED:
+        return state.awaited_until_ms
+    return None
+
+
+def due_event(state: TaskState, now_ms: int) -> Event | None:
+    """The timer event the task needs at ``now_ms``, or None if nothing is due."""
+    deadline = next_deadline(state)
+    if deadline is None or now_ms < deadline:
+        return None
+    payload: Payload
+    if state.status is Status.RETRYING:
+        payload, kind = TaskRetryDue(state.attempt), "retry-due"
+    elif state.status is Status.AWAITED:
+        payload, kind = DependencyWaitExpired(), "wait-expired"
+    else:
+        payload, kind = TaskTimedOut(state.attempt), "timed-out"
+    event_id = derived_event_id(state.task_id, kind, state.attempt, deadline)
+    return Event(event_id, state.task_id, now_ms, Source.TIMER, payload)
