@@ -9,6 +9,9 @@ the fold has processed that offset (at most ``wait`` seconds, default ``read_tim
 Routes:
     GET /tasks/{task_id}         the task's state (404 if no such task)
     GET /tasks/{task_id}/result  the result (409 not completed, 410 expired)
+    GET /state                   every task of the partitions this worker owns, in full
+                                 (``orchestrator verify`` compares it with a fresh fold)
+    GET /router/topics           faust's own: which worker owns which partitions
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 from faust.web import Request, Response, View
 
+from streams import topics
 from streams.app import Runtime
 from streams.domain import Status, TaskState, state_from_json, state_to_dict
 
@@ -28,6 +32,7 @@ _HIDDEN_FIELDS = ("seen_event_ids", "result", "waiting")
 def register(runtime: Runtime) -> None:
     """Add the task views to ``runtime.app``."""
     app = runtime.app
+    register_state_view(runtime)
 
     @app.page("/tasks/{task_id}")
     @app.topic_route(topic=runtime.events_topic, match_info="task_id")
@@ -64,6 +69,22 @@ def register(runtime: Runtime) -> None:
                 "expires_at_ms": expires_at_ms,
             }
         )
+
+
+def register_state_view(runtime: Runtime) -> None:
+    """Add ``GET /state``: the full states of the tasks in this worker's active partitions."""
+    app = runtime.app
+
+    @app.page("/state")
+    async def table_state(self: View, request: Request) -> Response:
+        owned = sorted(
+            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topics.TASK_EVENTS
+        )
+        tasks = {
+            key.decode("utf-8"): state_to_dict(state_from_json(value))
+            for key, value in runtime.tasks.items()
+        }
+        return self.json({"partitions": owned, "tasks": tasks})
 
 
 def status_document(state: TaskState) -> dict[str, Any]:
