@@ -31,6 +31,23 @@ def load_schema(name: str) -> Schema:
     return cast(Schema, json.loads(text))
 
 
+def load_history(name: str) -> list[Schema]:
+    """Earlier published versions of ``name`` (``schemas/history/<name>.v*.avsc``), oldest first.
+
+    Messages written with them stay readable: every codec knows its schema's history.
+    """
+    folder = resources.files("schemas").joinpath("history")
+    files = sorted(
+        (
+            f
+            for f in folder.iterdir()
+            if f.name.startswith(f"{name}.v") and f.name.endswith(".avsc")
+        ),
+        key=lambda f: int(f.name[len(name) + 2 : -len(".avsc")]),
+    )
+    return [cast(Schema, json.loads(f.read_text(encoding="utf-8"))) for f in files]
+
+
 def schema_fingerprint(schema: Schema) -> bytes:
     """The 8-byte little-endian CRC-64-AVRO fingerprint of ``schema``'s canonical form."""
     canonical = to_parsing_canonical_form(parse_schema(schema, _write_hint=False))
@@ -83,7 +100,9 @@ class SingleObjectCodec:
             raise SchemaError("not an Avro single-object message (bad magic bytes)")
         writer = self._writers.get(data[2:HEADER_SIZE])
         if writer is None:
-            raise UnknownSchemaError(f"unknown writer schema fingerprint {data[2:HEADER_SIZE].hex()}")
+            raise UnknownSchemaError(
+                f"unknown writer schema fingerprint {data[2:HEADER_SIZE].hex()}"
+            )
         body = io.BytesIO(data)
         body.seek(HEADER_SIZE)
         try:

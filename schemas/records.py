@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
-from schemas.codec import SingleObjectCodec, load_schema
+from schemas.codec import SingleObjectCodec, load_history, load_schema
 from streams.domain import (
     PAYLOAD_TYPES,
     CompletedTask,
@@ -22,6 +22,13 @@ from streams.domain import (
     Payload,
     ReadyToSchedule,
     Source,
+)
+from streams.domain.signals import (
+    SIGNAL_TYPES,
+    Dispatch,
+    RateChangeRecord,
+    SchedulerSignal,
+    SignalPayload,
 )
 from streams.errors import SchemaError, UnknownSchemaError
 
@@ -36,19 +43,19 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 @cache
 def event_codec() -> SingleObjectCodec:
     """The codec of ``task.events`` (schema ``task_event.avsc``)."""
-    return SingleObjectCodec(load_schema("task_event"))
+    return SingleObjectCodec(load_schema("task_event"), load_history("task_event"))
 
 
 @cache
 def ready_codec() -> SingleObjectCodec:
     """The codec of ``task.ready`` (schema ``task_ready.avsc``)."""
-    return SingleObjectCodec(load_schema("task_ready"))
+    return SingleObjectCodec(load_schema("task_ready"), load_history("task_ready"))
 
 
 @cache
 def completed_codec() -> SingleObjectCodec:
     """The codec of ``task.completed`` (schema ``task_completed.avsc``)."""
-    return SingleObjectCodec(load_schema("task_completed"))
+    return SingleObjectCodec(load_schema("task_completed"), load_history("task_completed"))
 
 
 def event_to_record(event: Event) -> dict[str, Any]:
@@ -155,3 +162,73 @@ def _millis(value: datetime | int) -> int:
 
 
 _MILLISECOND = datetime.resolution * 1000
+
+
+@cache
+def dispatch_codec() -> SingleObjectCodec:
+    """The codec of ``task.dispatch`` (schema ``task_dispatch.avsc``)."""
+    return SingleObjectCodec(load_schema("task_dispatch"), load_history("task_dispatch"))
+
+
+@cache
+def signal_codec() -> SingleObjectCodec:
+    """The codec of ``scheduler.signals`` (schema ``scheduler_signal.avsc``)."""
+    return SingleObjectCodec(load_schema("scheduler_signal"), load_history("scheduler_signal"))
+
+
+@cache
+def rate_change_codec() -> SingleObjectCodec:
+    """The codec of ``scheduler.events`` (schema ``platform_event.avsc``)."""
+    return SingleObjectCodec(load_schema("platform_event"), load_history("platform_event"))
+
+
+_SIGNALS_BY_NAME: dict[str, type[SignalPayload]] = {
+    f"{NAMESPACE}.{cls.__name__}": cls for cls in SIGNAL_TYPES
+}
+
+
+def encode_dispatch(dispatch: Dispatch) -> bytes:
+    """``dispatch`` as a ``task.dispatch`` message value."""
+    record = dataclasses.asdict(dispatch)
+    record["dispatched_at"] = record.pop("dispatched_at_ms")
+    return dispatch_codec().encode(record)
+
+
+def decode_dispatch(data: bytes) -> Dispatch:
+    """The go-ahead in a ``task.dispatch`` message value."""
+    record = dispatch_codec().decode(data)
+    record["dispatched_at_ms"] = _millis(record.pop("dispatched_at"))
+    return Dispatch(**record)
+
+
+def encode_signal(signal: SchedulerSignal) -> bytes:
+    """``signal`` as a ``scheduler.signals`` message value."""
+    payload = dataclasses.asdict(signal.payload)
+    name = f"{NAMESPACE}.{type(signal.payload).__name__}"
+    return signal_codec().encode(
+        {"platform": signal.platform, "at": signal.at_ms, "payload": (name, payload)}
+    )
+
+
+def decode_signal(data: bytes) -> SchedulerSignal:
+    """The signal in a ``scheduler.signals`` message value."""
+    record = signal_codec().decode(data)
+    name, fields = record["payload"]
+    cls = _SIGNALS_BY_NAME.get(name)
+    if cls is None:
+        raise UnknownSchemaError(f"unknown signal type {name}")
+    return SchedulerSignal(record["platform"], _millis(record["at"]), cls(**fields))
+
+
+def encode_rate_change(change: RateChangeRecord) -> bytes:
+    """``change`` as a ``scheduler.events`` message value."""
+    record = dataclasses.asdict(change)
+    record["at"] = record.pop("at_ms")
+    return rate_change_codec().encode(record)
+
+
+def decode_rate_change(data: bytes) -> RateChangeRecord:
+    """The rate change in a ``scheduler.events`` message value."""
+    record = rate_change_codec().decode(data)
+    record["at_ms"] = _millis(record.pop("at"))
+    return RateChangeRecord(**record)

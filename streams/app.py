@@ -65,6 +65,8 @@ class Runtime:
     tasks: transactions.TrackedTable
     processed: ProcessedOffsets = field(default_factory=ProcessedOffsets)
     deadlines: DeadlineIndex = field(default_factory=lambda: _deadline_index())
+    scheduler: Any = None
+    """The worker's ``SchedulerService`` (set by ``create_runtime``)."""
 
     def raw_topic(self, name: str) -> TopicT:
         """A topic of raw bytes keys and values (every codec is applied by hand)."""
@@ -123,7 +125,7 @@ def create_app(settings: Settings) -> faust.App:
 def create_runtime(settings: Settings) -> Runtime:
     """Everything one worker runs: the app, its topics and tables, agents and views."""
     from streams import web as views
-    from streams.agents import fold, timers
+    from streams.agents import executor, fold, scheduler, timers
 
     app = create_app(settings)
     tasks = transactions.TrackedTable(
@@ -144,6 +146,8 @@ def create_runtime(settings: Settings) -> Runtime:
     )
     fold.register(runtime)
     timers.register(runtime)
+    runtime.scheduler = scheduler.register(runtime)
+    executor.register(runtime)
     views.register(runtime)
     return runtime
 

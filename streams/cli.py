@@ -68,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     _common_options(worker)
     worker.add_argument("--web-port", type=int, help="HTTP port (env ORCHESTRATOR_WEB_PORT)")
     worker.add_argument("--data-dir", help="state directory (env ORCHESTRATOR_DATA_DIR)")
+    worker.add_argument(
+        "--handlers",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE, which registers handlers (repeatable; env ORCHESTRATOR_HANDLERS)",
+    )
     worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
     worker.set_defaults(handler=_worker)
 
@@ -112,6 +119,7 @@ def _settings(args: argparse.Namespace) -> Any:
             ("api_url", getattr(args, "api_url", None)),
             ("web_port", getattr(args, "web_port", None)),
             ("data_dir", getattr(args, "data_dir", None)),
+            ("handlers", ",".join(getattr(args, "handlers", None) or []) or None),
         )
         if value is not None
     }

@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from schemas import encode_event
+from schemas.records import encode_signal
 from streams import topics
 from streams.config import Settings, load_settings
 from streams.domain import (
@@ -36,6 +37,7 @@ from streams.domain import (
     TaskStarted,
     derived_event_id,
 )
+from streams.domain.signals import PlatformPaused, SchedulerSignal
 from streams.errors import (
     InfrastructureError,
     OrchestratorError,
@@ -240,6 +242,19 @@ class TaskManager:
             ) from exc
         self._last_write[task_id] = (metadata.partition, metadata.offset)
 
+    async def _signal(self, signal: SchedulerSignal) -> None:
+        if self._producer is None:
+            raise OrchestratorError("not started")
+        key = signal.platform.encode("utf-8")
+        try:
+            await self._producer.send_and_wait(
+                topics.SCHEDULER_SIGNALS, encode_signal(signal), key=key
+            )
+        except KafkaError as exc:
+            raise InfrastructureError(
+                f"cannot write to {topics.SCHEDULER_SIGNALS}: {exc}", retriable=True
+            ) from exc
+
     # -- reads --------------------------------------------------------------------------
 
     async def get_task_status(self, task_id: str) -> dict[str, Any]:
@@ -265,7 +280,7 @@ class TaskManager:
         return body
 
     async def _get(self, task_id: str, path: str) -> dict[str, Any]:
-        _require_text("task_id", task_id)
+        _require_text("id", task_id)
         if self._http is None:
             raise OrchestratorError("TaskManager is not started: use 'async with TaskManager(...)'")
         params = {}
@@ -307,3 +322,93 @@ def _positive_ms(name: str, seconds: float, zero_ok: bool = False) -> int:
             f"{name} must be {'>= 0' if zero_ok else '> 0'} seconds, got {seconds}"
         )
     return int(seconds * _MS)
+
+
+class SmartScheduler:
+    """Schedule tasks on rate-limited platforms, and see each platform's limit status.
+
+    Args:
+        config: the spec's keys (``max_concurrent_tasks``, ``task_timeout``, ``retry_attempts``,
+            ``retry_delay``, ``<platform>_rate_limits``) plus those of :class:`TaskManager`.
+            The limits themselves are enforced by the workers, from *their* configuration.
+
+    ``SmartScheduler(config).schedule_task(...)`` works without ``async with`` (the connection
+    opens on first use); call :meth:`close` when done, or use ``async with``.
+    """
+
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        self._tasks = TaskManager(config)
+        self._started = False
+
+    @property
+    def settings(self) -> Settings:
+        """The client's settings."""
+        return self._tasks.settings
+
+    async def __aenter__(self) -> Self:
+        await self._ensure_started()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Disconnect."""
+        if self._started:
+            await self._tasks.close()
+            self._started = False
+
+    async def schedule_task(
+        self,
+        task_type: str,
+        platform: str,
+        target: str,
+        priority: int = 5,
+        dependencies: Sequence[str] = (),
+        task_id: str | None = None,
+    ) -> str:
+        """Submit a task for its platform's scheduler; return its id (see ``create_task``)."""
+        await self._ensure_started()
+        return await self._tasks.create_task(
+            task_type=task_type,
+            platform=platform,
+            target=target,
+            priority=priority,
+            dependencies=dependencies,
+            task_id=task_id,
+        )
+
+    async def get_task_status(self, task_id: str) -> dict[str, Any]:
+        """The task's status, with ``waiting_on`` saying why it is not running (if it is not)."""
+        await self._ensure_started()
+        return await self._tasks.get_task_status(task_id)
+
+    async def limit_status(self, platform: str) -> dict[str, Any]:
+        """The platform's limits now: per window the remaining calls and the next call time,
+        the pause, the rate factor of adaptive throttling, in-flight and queued tasks."""
+        _require_text("platform", platform)
+        await self._ensure_started()
+        return await self._tasks._get(platform, f"/limits/{platform}")
+
+    async def limit_statuses(self) -> dict[str, dict[str, Any]]:
+        """:meth:`limit_status` of every platform with a ``<platform>_rate_limits`` key."""
+        return {p: await self.limit_status(p) for p in self.settings.limited_platforms}
+
+    async def pause_platform(self, platform: str, seconds: float) -> None:
+        """Hold every dispatch on ``platform`` for ``seconds`` (0 resumes at once)."""
+        _require_text("platform", platform)
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+            raise ValidationError(f"seconds must be a non-negative number, got {seconds!r}")
+        await self._ensure_started()
+        now_ms = int(time.time() * _MS)
+        until_ms = now_ms + int(seconds * _MS) if seconds else 0
+        await self._tasks._signal(SchedulerSignal(platform, now_ms, PlatformPaused(until_ms)))
+
+    async def resume_platform(self, platform: str) -> None:
+        """End a pause of ``platform`` now."""
+        await self.pause_platform(platform, 0)
+
+    async def _ensure_started(self) -> None:
+        if not self._started:
+            await self._tasks.start()
+            self._started = True

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from streams.domain.limits import PlatformLimits, RateLimit
 from streams.errors import ConfigurationError
 
 ENV_PREFIX = "ORCHESTRATOR_"
@@ -60,8 +61,29 @@ class Settings:
     """Seconds between the timer's checks for timeouts, due retries and expired waits."""
     session_timeout: float = 10.0
     """Seconds after which a worker that stopped heart-beating (a crash) loses its partitions."""
+    handlers: str = ""
+    """Comma-separated modules that register handlers, imported by the worker (``--handlers``)."""
+    ageing: float = 60.0
+    """Seconds of waiting that improve a queued task's priority by one (so nothing starves)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
-    """Keys for later components (``max_concurrent_tasks``, ``<platform>_rate_limits``)."""
+    """``max_concurrent_tasks`` and the ``<platform>_rate_limits`` keys, as given."""
+
+    @property
+    def max_concurrent_tasks(self) -> int | None:
+        """The overall cap on dispatched tasks (None: no cap)."""
+        value = self.extra.get("max_concurrent_tasks")
+        return None if value is None else int(value)
+
+    def platform_limits(self, platform: str) -> PlatformLimits:
+        """The limits configured for ``platform`` (none configured: no limits)."""
+        return parse_platform_limits(platform, self.extra.get(f"{platform}_rate_limits"))
+
+    @property
+    def limited_platforms(self) -> list[str]:
+        """Platforms that have a ``<platform>_rate_limits`` key."""
+        return sorted(
+            k.removesuffix("_rate_limits") for k in self.extra if k.endswith("_rate_limits")
+        )
 
     @property
     def max_attempts(self) -> int:
@@ -85,6 +107,7 @@ _POSITIVE = {
     "commit_interval",
     "session_timeout",
     "timer_interval",
+    "ageing",
 }
 _NON_NEGATIVE = {"max_retries", "retry_delay", "result_ttl"}
 
@@ -141,7 +164,9 @@ def _normalise(data: Mapping[str, Any], origin: str) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     for raw_key, value in data.items():
         key = _ALIASES.get(raw_key, raw_key)
-        if key in _FIELD_TYPES:
+        if key == "handlers" and isinstance(value, list):
+            values[key] = ",".join(str(v) for v in value)
+        elif key in _FIELD_TYPES:
             values[key] = value
         elif key in _EXTRA_KEYS or key.endswith("_rate_limits"):
             extra[key] = value
@@ -156,6 +181,7 @@ def _build(values: dict[str, Any]) -> Settings:
     converted: dict[str, Any] = {}
     for key, value in values.items():
         if key == "extra":
+            _validate_extra(value)
             converted[key] = dict(value)
             continue
         converted[key] = _convert(key, value, _FIELD_TYPES[key])
@@ -166,6 +192,60 @@ def _build(values: dict[str, Any]) -> Settings:
         if converted[key] < 0:
             raise ConfigurationError(f"{key} must not be negative, got {converted[key]}")
     return Settings(**converted)
+
+
+def parse_platform_limits(platform: str, value: Any) -> PlatformLimits:
+    """``<platform>_rate_limits`` as :class:`PlatformLimits`.
+
+    Accepted forms: ``{"limits": [{"calls": 5, "period": 1}, ...], "max_concurrent": 3}``, or
+    the list of windows alone as a shorthand.
+
+    Raises:
+        ConfigurationError: a malformed value; the message names the key.
+    """
+    key = f"{platform}_rate_limits"
+    if value is None:
+        return PlatformLimits(platform)
+    if isinstance(value, list):
+        value = {"limits": value}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{key} must be a mapping with 'limits' and 'max_concurrent'")
+    unknown = set(value) - {"limits", "max_concurrent"}
+    if unknown:
+        raise ConfigurationError(f"{key}: unknown field(s) {', '.join(sorted(unknown))}")
+    windows = value.get("limits", [])
+    if not isinstance(windows, list):
+        raise ConfigurationError(f"{key}.limits must be a list of {{calls, period}}")
+    limits = tuple(_parse_window(f"{key}.limits[{i}]", w) for i, w in enumerate(windows))
+    cap = value.get("max_concurrent")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise ConfigurationError(f"{key}.max_concurrent must be a positive integer, got {cap!r}")
+    return PlatformLimits(platform, limits, cap)
+
+
+def _parse_window(key: str, window: Any) -> RateLimit:
+    if not isinstance(window, Mapping) or set(window) != {"calls", "period"}:
+        raise ConfigurationError(f'{key} must be {{"calls": N, "period": SECONDS}}, got {window!r}')
+    calls, period = window["calls"], window["period"]
+    if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
+        raise ConfigurationError(f"{key}.calls must be a positive integer, got {calls!r}")
+    if isinstance(period, bool) or not isinstance(period, int | float) or period < 0.001:
+        raise ConfigurationError(
+            f"{key}.period must be a positive number of seconds, got {period!r}"
+        )
+    return RateLimit(calls, int(period * 1000))
+
+
+def _validate_extra(extra: Mapping[str, Any]) -> None:
+    for key, value in extra.items():
+        if key.endswith("_rate_limits"):
+            parse_platform_limits(key.removesuffix("_rate_limits"), value)
+        elif key == "max_concurrent_tasks" and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ConfigurationError(
+                f"max_concurrent_tasks must be a positive integer, got {value!r}"
+            )
 
 
 def _convert(key: str, value: Any, annotation: Any) -> Any:

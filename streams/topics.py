@@ -22,6 +22,8 @@ TASK_READY = "task.ready"
 TASK_DISPATCH = "task.dispatch"
 TASK_COMPLETED = "task.completed"
 TASK_EVENTS_DLQ = "task.events.dlq"
+SCHEDULER_SIGNALS = "scheduler.signals"
+SCHEDULER_EVENTS = "scheduler.events"
 
 DLQ_RETENTION_MS = 14 * 24 * 60 * 60 * 1000
 
@@ -40,6 +42,8 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(TASK_DISPATCH, {"retention.ms": str(7 * 24 * 60 * 60 * 1000)}),
     TopicSpec(TASK_COMPLETED, {"cleanup.policy": "compact"}),
     TopicSpec(TASK_EVENTS_DLQ, {"retention.ms": str(DLQ_RETENTION_MS)}),
+    TopicSpec(SCHEDULER_SIGNALS, {"retention.ms": str(24 * 60 * 60 * 1000)}),
+    TopicSpec(SCHEDULER_EVENTS, {"retention.ms": str(30 * 24 * 60 * 60 * 1000)}),
 )
 
 

@@ -9,6 +9,7 @@ the fold has processed that offset (at most ``wait`` seconds, default ``read_tim
 Routes:
     GET /tasks/{task_id}         the task's state (404 if no such task)
     GET /tasks/{task_id}/result  the result (409 not completed, 410 expired)
+    GET /limits/{platform}       the platform's limit status (windows, pause, in flight, queue)
     GET /state                   every task of the partitions this worker owns, in full
                                  (``orchestrator verify`` compares it with a fresh fold)
     GET /router/topics           faust's own: which worker owns which partitions
@@ -33,6 +34,7 @@ def register(runtime: Runtime) -> None:
     """Add the task views to ``runtime.app``."""
     app = runtime.app
     register_state_view(runtime)
+    register_limits_view(runtime)
 
     @app.page("/tasks/{task_id}")
     @app.topic_route(topic=runtime.events_topic, match_info="task_id")
@@ -71,6 +73,18 @@ def register(runtime: Runtime) -> None:
         )
 
 
+def register_limits_view(runtime: Runtime) -> None:
+    """Add ``GET /limits/{platform}``, answered by the worker scheduling that platform."""
+    app = runtime.app
+    ready_topic = runtime.raw_topic(topics.TASK_READY)
+
+    @app.page("/limits/{platform}")
+    @app.topic_route(topic=ready_topic, match_info="platform")
+    async def platform_limits(self: View, request: Request, platform: str) -> Response:
+        scheduler = runtime.scheduler.scheduler_for(platform)
+        return self.json(scheduler.status(int(time.time() * 1000)))
+
+
 def register_state_view(runtime: Runtime) -> None:
     """Add ``GET /state``: the full states of the tasks in this worker's active partitions."""
     app = runtime.app
@@ -93,7 +107,32 @@ def status_document(state: TaskState) -> dict[str, Any]:
     for name in _HIDDEN_FIELDS:
         document.pop(name, None)
     document["result_available"] = state.result is not None
+    document["waiting_on"] = waiting_on(state)
     return document
+
+
+def waiting_on(state: TaskState) -> dict[str, Any] | None:
+    """What a task that is not running waits for: the answer to "why is my task not running"."""
+    if state.status is Status.PENDING:
+        return {"reason": "dependencies", "dependencies": list(state.open_dependencies)}
+    if state.status is Status.RETRYING:
+        return {
+            "reason": "retry",
+            "due_at_ms": state.retry_due_at_ms,
+            "last_error": state.last_error,
+        }
+    if state.status is Status.READY and state.held_reason:
+        return {
+            "reason": state.held_reason,
+            "detail": state.held_detail,
+            "until_ms": state.held_until_ms,
+        }
+    if state.status is Status.READY:
+        return {
+            "reason": "scheduling",
+            "detail": "waiting for its platform's scheduler or a caller",
+        }
+    return None
 
 
 MAX_WAIT_S = 120.0

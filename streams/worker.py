@@ -9,6 +9,7 @@ import faust
 
 from streams.app import create_runtime
 from streams.config import Settings
+from streams.handlers import load_handler_modules
 from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         loop.run_until_complete(ensure_topics(settings.bootstrap_servers, settings.partitions))
     finally:
         loop.close()
+    load_handler_modules(m.strip() for m in settings.handlers.split(",") if m.strip())
     asyncio.set_event_loop(asyncio.new_event_loop())
     runtime = create_runtime(settings)
     worker = faust.Worker(runtime.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)

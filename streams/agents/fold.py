@@ -14,7 +14,7 @@ from typing import Any
 from faust.types import EventT, StreamT
 
 from schemas import encode_completed, encode_event, encode_ready
-from schemas.records import decode_event
+from schemas.records import decode_event, encode_signal
 from streams import topics, transactions
 from streams.app import Runtime
 from streams.domain import (
@@ -23,10 +23,12 @@ from streams.domain import (
     FollowUp,
     ReadyToSchedule,
     Rejected,
+    Released,
     apply,
     state_from_json,
     state_to_json,
 )
+from streams.domain.signals import SchedulerSignal, TaskReleased
 from streams.domain.timers import next_deadline
 from streams.errors import SchemaError, UnknownSchemaError
 
@@ -81,6 +83,7 @@ class _Outbox:
         self._app = runtime.app
         self._event = event
         self._transaction = transactions.transactional_id_for(runtime.app, event)
+        self._event_time_ms = int(event.message.timestamp * 1000)
 
     async def carry_out(self, effect: Effect) -> None:
         if isinstance(effect, ReadyToSchedule):
@@ -91,6 +94,12 @@ class _Outbox:
         elif isinstance(effect, CompletedTask):
             key = effect.task_id.encode("utf-8")
             await self._send(topics.TASK_COMPLETED, key, encode_completed(effect))
+        elif isinstance(effect, Released):
+            released = TaskReleased(effect.task_id, effect.completed, effect.throttled_ms)
+            signal = SchedulerSignal(effect.platform, self._event_time_ms, released)
+            await self._send(
+                topics.SCHEDULER_SIGNALS, effect.platform.encode(), encode_signal(signal)
+            )
         elif isinstance(effect, Rejected):
             await self.dead_letter(str(effect.code), effect.reason)
 

@@ -41,6 +41,8 @@ class ReadyToSchedule:
     priority: int
     attempt: int
     ready_at_ms: int
+    target: str = ""
+    timeout_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,18 @@ class CompletedTask:
 
 
 @dataclass(frozen=True)
+class Released:
+    """The task left the ready/dispatched/running states (or a dispatch of it lost a race):
+    its scheduler must drop it from the queue and free its slot. A signal keyed by platform.
+    """
+
+    task_id: str
+    platform: str
+    completed: bool = False
+    throttled_ms: int = 0
+
+
+@dataclass(frozen=True)
 class Rejected:
     """The event was refused and the state left unchanged; it belongs in the DLQ."""
 
@@ -73,4 +87,4 @@ class Rejected:
     reason: str
 
 
-Effect = ReadyToSchedule | FollowUp | CompletedTask | Rejected
+Effect = ReadyToSchedule | FollowUp | CompletedTask | Released | Rejected

@@ -93,6 +93,9 @@ class TaskFailed:
 
     error: str
     retryable: bool = True
+    throttled_ms: int = 0
+    """If > 0, the platform answered "rate limited, retry after" this long: the attempt is not
+    counted, and the task is retried after that delay."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,19 @@ class TaskRetryDue:
     """A timer found the retry of ``attempt`` due: the task is ready again."""
 
     attempt: int
+
+
+@dataclass(frozen=True)
+class TaskDeferred:
+    """The scheduler held a ready task back for the first time: ``reason`` until ``until_ms``.
+
+    ``reason`` is one of ``paused``, ``concurrency``, ``overall_concurrency``, ``rate_limit``;
+    ``until_ms`` is 0 when the time is not known (a slot must free up first).
+    """
+
+    reason: str
+    detail: str
+    until_ms: int
 
 
 @dataclass(frozen=True)
@@ -167,6 +183,7 @@ Payload = (
     | DependencyRegistered
     | DependencyResolved
     | DependencyWaitExpired
+    | TaskDeferred
 )
 
 PAYLOAD_TYPES: tuple[type[Payload], ...] = (
@@ -183,6 +200,7 @@ PAYLOAD_TYPES: tuple[type[Payload], ...] = (
     DependencyRegistered,
     DependencyResolved,
     DependencyWaitExpired,
+    TaskDeferred,
 )
 
 

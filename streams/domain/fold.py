@@ -34,6 +34,7 @@ from streams.domain.effects import (
     ReadyToSchedule,
     Rejected,
     RejectionCode,
+    Released,
 )
 from streams.domain.events import (
     DependencyOutcome,
@@ -46,6 +47,7 @@ from streams.domain.events import (
     TaskCancelled,
     TaskCompleted,
     TaskCreated,
+    TaskDeferred,
     TaskDispatched,
     TaskFailed,
     TaskProgress,
@@ -64,6 +66,8 @@ MAX_RESULT_BYTES = 512 * 1024
 _ACTIVE = frozenset(
     {Status.PENDING, Status.READY, Status.DISPATCHED, Status.RUNNING, Status.RETRYING}
 )
+_SCHEDULED = frozenset({Status.READY, Status.DISPATCHED, Status.RUNNING})
+"""Statuses in which a task is queued at, or holds a slot of, its platform's scheduler."""
 _OUTCOME_OF = {
     Status.COMPLETED: DependencyOutcome.COMPLETED,
     Status.FAILED: DependencyOutcome.FAILED,
@@ -276,8 +280,20 @@ def _on_wait_expired(state: TaskState | None, event: Event, p: DependencyWaitExp
 
 
 def _on_dispatched(state: TaskState | None, event: Event, p: TaskDispatched) -> _Result:
-    task = _require(state, event, Status.READY)
+    task = _require_created(state, event)
+    if task.status is not Status.READY:
+        # the dispatch lost a race (the task was cancelled, or a caller started it): it takes no
+        # slot, so the scheduler must get the slot back
+        return task, (Released(task.task_id, task.platform),)
     return _start_attempt(task, event, Status.DISPATCHED, task.attempt + 1), ()
+
+
+def _on_deferred(state: TaskState | None, event: Event, p: TaskDeferred) -> _Result:
+    task = _require_created(state, event)
+    if task.status is not Status.READY:
+        return task, ()  # it moved on meanwhile: nothing to explain any more
+    until = p.until_ms or None
+    return replace(task, held_reason=p.reason, held_detail=p.detail, held_until_ms=until), ()
 
 
 def _on_started(state: TaskState | None, event: Event, p: TaskStarted) -> _Result:
@@ -330,7 +346,7 @@ def _on_completed(state: TaskState | None, event: Event, p: TaskCompleted) -> _R
 
 def _on_failed(state: TaskState | None, event: Event, p: TaskFailed) -> _Result:
     task = _require(state, event, Status.RUNNING, Status.DISPATCHED)
-    return _fail_attempt(task, event, p.error, p.retryable)
+    return _fail_attempt(task, event, p.error, p.retryable, p.throttled_ms)
 
 
 def _on_timed_out(state: TaskState | None, event: Event, p: TaskTimedOut) -> _Result:
@@ -369,17 +385,33 @@ def _on_cancelled(state: TaskState | None, event: Event, p: TaskCancelled) -> _R
 
 def _start_attempt(task: TaskState, event: Event, status: Status, attempt: int) -> TaskState:
     deadline = event.occurred_at_ms + task.policy.timeout_ms
-    started = replace(task, attempt=attempt, progress=0.0, deadline_ms=deadline)
+    started = replace(
+        task,
+        attempt=attempt,
+        progress=0.0,
+        deadline_ms=deadline,
+        held_reason="",
+        held_detail="",
+        held_until_ms=None,
+    )
     return _enter(started, status, event)
 
 
-def _fail_attempt(task: TaskState, event: Event, error: str, retryable: bool) -> _Result:
+def _fail_attempt(
+    task: TaskState, event: Event, error: str, retryable: bool, throttled_ms: int = 0
+) -> _Result:
     task = replace(task, last_error=error, deadline_ms=None)
-    if not retryable or task.attempt >= task.policy.max_attempts:
+    if throttled_ms > 0:  # the platform said "not now": this attempt does not count
+        task = replace(task, attempt=task.attempt - 1)
+        delay = throttled_ms
+    elif not retryable or task.attempt >= task.policy.max_attempts:
         return _finish(task, event, Status.FAILED, error, DependencyOutcome.FAILED)
-    delay = retry_delay_ms(task.policy.retry_delay_ms, task.attempt, event.event_id)
+    else:
+        delay = retry_delay_ms(task.policy.retry_delay_ms, task.attempt, event.event_id)
     retry = TaskRetryScheduled(task.attempt, delay, event.occurred_at_ms + delay)
-    return _enter(task, Status.RETRYING, event), (_follow_up(event, task.task_id, retry),)
+    released = Released(task.task_id, task.platform, throttled_ms=max(throttled_ms, 0))
+    retrying = _enter(task, Status.RETRYING, event)
+    return retrying, (_follow_up(event, task.task_id, retry), released)
 
 
 def _finish_failed(task: TaskState, event: Event, reason: str) -> _Result:
@@ -391,7 +423,18 @@ def _finish(
 ) -> _Result:
     """Enter a terminal ``status`` and tell every dependent how this task ended."""
     answers = _answer_all(task, event, outcome)
-    ended = replace(task, last_error=reason or task.last_error, waiting=(), open_dependencies=())
+    if task.status in _SCHEDULED:
+        completed = status is Status.COMPLETED
+        answers = (Released(task.task_id, task.platform, completed=completed), *answers)
+    ended = replace(
+        task,
+        last_error=reason or task.last_error,
+        waiting=(),
+        open_dependencies=(),
+        held_reason="",
+        held_detail="",
+        held_until_ms=None,
+    )
     return _enter(ended, status, event), answers
 
 
@@ -405,6 +448,8 @@ def _become_ready(task: TaskState, event: Event) -> _Result:
         priority=task.priority,
         attempt=task.attempt + 1,
         ready_at_ms=event.occurred_at_ms,
+        target=task.target,
+        timeout_ms=task.policy.timeout_ms,
     )
     return task, (ready,)
 
@@ -460,4 +505,5 @@ _HANDLERS: dict[type[Any], Callable[[TaskState | None, Event, Any], _Result]] = 
     DependencyRegistered: _on_registered,
     DependencyResolved: _on_resolved,
     DependencyWaitExpired: _on_wait_expired,
+    TaskDeferred: _on_deferred,
 }

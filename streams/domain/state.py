@@ -78,6 +78,8 @@ class TaskState:
         awaited_until_ms: for an awaited id, when its dependents stop waiting for it.
         deadline_ms: when the running attempt times out.
         retry_due_at_ms: when the scheduled retry becomes due.
+        held_reason, held_detail, held_until_ms: why the scheduler holds the ready task back
+            (from its ``TaskDeferred``), until when if known.
         seen_event_ids: ids of every event applied, for idempotence.
     """
 
@@ -103,6 +105,9 @@ class TaskState:
     awaited_until_ms: int | None = None
     deadline_ms: int | None = None
     retry_due_at_ms: int | None = None
+    held_reason: str = ""
+    held_detail: str = ""
+    held_until_ms: int | None = None
     history: tuple[Transition, ...] = ()
     seen_event_ids: tuple[str, ...] = ()
 

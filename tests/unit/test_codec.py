@@ -31,6 +31,7 @@ from streams.domain import (
     TaskCancelled,
     TaskCompleted,
     TaskCreated,
+    TaskDeferred,
     TaskDispatched,
     TaskFailed,
     TaskProgress,
@@ -68,6 +69,8 @@ EVERY_PAYLOAD = [
     DependencyRegistered("dependent", ("dependent", "upstream"), 60_000),
     DependencyResolved("dependency", DependencyOutcome.MISSING),
     DependencyWaitExpired(),
+    TaskDeferred("rate_limit", "5 calls per 1 s used", AT + 200),
+    TaskFailed("HTTP 429", retryable=True, throttled_ms=30_000),
 ]
 
 

@@ -1,0 +1,279 @@
+"""The scheduler of one platform: a priority queue released under rate limits and a cap.
+
+Order: priority first (1 is the most urgent), then the time the task became ready, with ageing:
+a task of priority ``p`` ready at ``r`` ranks as a priority-1 task ready at
+``r + (p - 1) * ageing_ms``. The rank never changes while the task waits, so the queue is a heap
+(dispatch costs O(log n) in the number of pending tasks) and a task of priority ``p`` is never
+overtaken by more than ``(p - 1) * ageing_ms`` worth of later, more urgent work.
+
+A task is dispatched only when the platform is not paused, its in-flight count is under its cap
+(and the caller's overall cap), and every rate-limit window has room (see ``limits``). When the
+queue's head must wait, :meth:`PlatformScheduler.hold` says why and until when.
+
+This is pure code: time comes in as ``now_ms``; the class mutates only itself.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+from streams.domain.limits import (
+    PlatformLimits,
+    WindowLog,
+    effective_calls,
+    next_allowed_ms,
+    record_dispatch,
+    recovered,
+    remaining_calls,
+    throttled,
+)
+
+DEFAULT_AGEING_MS = 60_000
+
+
+class HoldReason(StrEnum):
+    """Why the head of a platform's queue waits."""
+
+    PAUSED = "paused"
+    CONCURRENCY = "concurrency"
+    OVERALL_CONCURRENCY = "overall_concurrency"
+    RATE_LIMIT = "rate_limit"
+
+
+@dataclass(frozen=True)
+class QueuedTask:
+    """A ready task waiting for its platform."""
+
+    task_id: str
+    task_type: str
+    target: str
+    priority: int
+    attempt: int
+    ready_at_ms: int
+    timeout_ms: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (the inverse is ``QueuedTask(**d)``)."""
+        return asdict(self)
+
+    def rank(self, ageing_ms: int) -> int:
+        """The task's place in the queue (lower goes first)."""
+        return self.ready_at_ms + (self.priority - 1) * ageing_ms
+
+
+@dataclass(frozen=True)
+class Hold:
+    """The queue's head cannot go now: ``reason``, explained, and when it may (if known)."""
+
+    reason: HoldReason
+    detail: str
+    until_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Deferral:
+    """A task was held back the first time: for the log, so audits can answer "why waiting"."""
+
+    task_id: str
+    hold: Hold
+
+
+@dataclass(frozen=True)
+class RateChanged:
+    """Adaptive throttling moved the platform's rate factor."""
+
+    platform: str
+    old_factor: float
+    new_factor: float
+    cause: str
+
+
+class PlatformScheduler:
+    """Queue, in-flight set, window logs, pause and rate factor of one platform."""
+
+    def __init__(self, limits: PlatformLimits, ageing_ms: int = DEFAULT_AGEING_MS) -> None:
+        self.limits = limits
+        self.ageing_ms = ageing_ms
+        self.in_flight: set[str] = set()
+        self.logs: list[WindowLog] = [WindowLog() for _ in limits.limits]
+        self.paused_until_ms = 0
+        self.rate_factor = 1.0
+        self._queue: list[tuple[int, str]] = []
+        self._tasks: dict[str, QueuedTask] = {}
+        self._not_yet_deferred: list[str] = []
+
+    # -- the queue ------------------------------------------------------------------------
+
+    def enqueue(self, task: QueuedTask) -> bool:
+        """Add a ready task; False if it is already queued or running (a repeated record)."""
+        if task.task_id in self._tasks or task.task_id in self.in_flight:
+            return False
+        self._tasks[task.task_id] = task
+        heapq.heappush(self._queue, (task.rank(self.ageing_ms), task.task_id))
+        self._not_yet_deferred.append(task.task_id)
+        return True
+
+    def restore(self, task: QueuedTask) -> None:
+        """Re-add a task that was queued before a restart (already deferred once)."""
+        if self.enqueue(task):
+            self._not_yet_deferred.pop()
+
+    def remove(self, task_id: str) -> bool:
+        """Drop a queued task (cancelled elsewhere); True if it was queued."""
+        return self._tasks.pop(task_id, None) is not None
+
+    @property
+    def pending(self) -> int:
+        """Tasks waiting in the queue."""
+        return len(self._tasks)
+
+    def queued(self) -> list[QueuedTask]:
+        """The queued tasks in dispatch order (for inspection; O(n log n))."""
+        return sorted(self._tasks.values(), key=lambda t: (t.rank(self.ageing_ms), t.task_id))
+
+    # -- decisions --------------------------------------------------------------------------
+
+    def run(
+        self, now_ms: int, overall_free: int | None = None
+    ) -> tuple[list[QueuedTask], list[Deferral]]:
+        """Dispatch every task the limits allow now, in order; return them and new deferrals.
+
+        Args:
+            overall_free: slots left under the overall cap shared with other platforms
+                (None: no overall cap).
+        """
+        dispatched: list[QueuedTask] = []
+        while self._head() is not None:
+            free = None if overall_free is None else overall_free - len(dispatched)
+            if self.hold(now_ms, free) is not None:
+                break
+            task = self._pop()
+            self._record(task, now_ms)
+            dispatched.append(task)
+        return dispatched, self._deferrals(now_ms, overall_free, len(dispatched))
+
+    def hold(self, now_ms: int, overall_free: int | None = None) -> Hold | None:
+        """Why the next dispatch must wait, or None if it may happen now."""
+        if self.paused_until_ms > now_ms:
+            return Hold(HoldReason.PAUSED, "platform paused", self.paused_until_ms)
+        cap = self.limits.max_concurrent
+        if cap is not None and len(self.in_flight) >= cap:
+            return Hold(HoldReason.CONCURRENCY, f"{len(self.in_flight)} of {cap} running")
+        if overall_free is not None and overall_free <= 0:
+            return Hold(HoldReason.OVERALL_CONCURRENCY, "max_concurrent_tasks reached")
+        for limit, log in zip(self.limits.limits, self.logs, strict=True):
+            allowed = effective_calls(limit, self.rate_factor)
+            until = next_allowed_ms(log, limit, allowed, now_ms)
+            if until > now_ms:
+                detail = f"{allowed} calls per {limit.period_ms / 1000:g} s used"
+                return Hold(HoldReason.RATE_LIMIT, detail, until)
+        return None
+
+    def wakeup_ms(self, now_ms: int) -> int | None:
+        """When a tick should look again: a window frees up or a pause ends (None: no need)."""
+        if self._head() is None:
+            return None
+        hold = self.hold(now_ms)
+        return hold.until_ms if hold is not None else now_ms
+
+    def release(
+        self, task_id: str, completed: bool, throttled_ms: int, now_ms: int
+    ) -> RateChanged | None:
+        """A dispatched attempt ended: free its slot; adapt the rate to the platform's answer."""
+        self.in_flight.discard(task_id)
+        old, cause = self.rate_factor, ""
+        if throttled_ms > 0:
+            self.paused_until_ms = max(self.paused_until_ms, now_ms + throttled_ms)
+            self.rate_factor = throttled(old)
+            cause = f"rate limited, retry after {throttled_ms} ms"
+        elif completed:
+            self.rate_factor = recovered(old)
+            cause = "success"
+        if self.rate_factor == old:
+            return None
+        return RateChanged(self.limits.platform, old, self.rate_factor, cause)
+
+    def pause(self, until_ms: int) -> None:
+        """Hold every dispatch until ``until_ms`` (0 resumes at once)."""
+        self.paused_until_ms = until_ms
+
+    def status(self, now_ms: int) -> dict[str, Any]:
+        """The platform's limit status: windows (remaining, reset), pause, in flight, pending."""
+        windows = []
+        for limit, log in zip(self.limits.limits, self.logs, strict=True):
+            allowed = effective_calls(limit, self.rate_factor)
+            windows.append(
+                {
+                    "calls": limit.calls,
+                    "period_s": limit.period_ms / 1000,
+                    "effective_calls": allowed,
+                    "remaining": remaining_calls(log, limit, allowed, now_ms),
+                    "next_call_at_ms": next_allowed_ms(log, limit, allowed, now_ms),
+                }
+            )
+        hold = self.hold(now_ms)
+        return {
+            "platform": self.limits.platform,
+            "windows": windows,
+            "max_concurrent": self.limits.max_concurrent,
+            "in_flight": len(self.in_flight),
+            "pending": self.pending,
+            "paused_until_ms": self.paused_until_ms if self.paused_until_ms > now_ms else None,
+            "rate_factor": self.rate_factor,
+            "held_by": None
+            if hold is None
+            else {"reason": str(hold.reason), "detail": hold.detail, "until_ms": hold.until_ms},
+        }
+
+    # -- persistence --------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything but the queue (which is stored task by task), JSON-ready."""
+        return {
+            "in_flight": sorted(self.in_flight),
+            "logs": [[list(b) for b in log.buckets] for log in self.logs],
+            "paused_until_ms": self.paused_until_ms,
+            "rate_factor": self.rate_factor,
+        }
+
+    def load(self, snapshot: dict[str, Any]) -> None:
+        """Restore what :meth:`snapshot` saved (window logs only if the windows still match)."""
+        self.in_flight = set(snapshot.get("in_flight", ()))
+        logs = snapshot.get("logs", [])
+        if len(logs) == len(self.limits.limits):
+            self.logs = [WindowLog(tuple((int(s), int(c)) for s, c in log)) for log in logs]
+        self.paused_until_ms = int(snapshot.get("paused_until_ms", 0))
+        self.rate_factor = float(snapshot.get("rate_factor", 1.0))
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _head(self) -> QueuedTask | None:
+        while self._queue:
+            task = self._tasks.get(self._queue[0][1])
+            if task is not None:
+                return task
+            heapq.heappop(self._queue)  # removed or already dispatched
+        return None
+
+    def _pop(self) -> QueuedTask:
+        _, task_id = heapq.heappop(self._queue)
+        return self._tasks.pop(task_id)
+
+    def _record(self, task: QueuedTask, now_ms: int) -> None:
+        self.in_flight.add(task.task_id)
+        self.logs = [
+            record_dispatch(log, limit, now_ms)
+            for limit, log in zip(self.limits.limits, self.logs, strict=True)
+        ]
+
+    def _deferrals(self, now_ms: int, overall_free: int | None, used: int) -> list[Deferral]:
+        waiting = [tid for tid in self._not_yet_deferred if tid in self._tasks]
+        self._not_yet_deferred = []
+        if not waiting:
+            return []
+        free = None if overall_free is None else overall_free - used
+        hold = self.hold(now_ms, free) or Hold(HoldReason.CONCURRENCY, "queued behind other tasks")
+        return [Deferral(tid, hold) for tid in waiting]
