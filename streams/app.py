@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 import faust
 from faust.types import TopicT
 
-from streams import topics, transactions
+from streams import transactions
 from streams.config import Settings
+from streams.producers import SharedProducer
 
 if TYPE_CHECKING:
     from streams.agents.timers import DeadlineIndex
@@ -67,6 +68,11 @@ class Runtime:
     deadlines: DeadlineIndex = field(default_factory=lambda: _deadline_index())
     scheduler: Any = None
     """The worker's ``SchedulerService`` (set by ``create_runtime``)."""
+    producer: SharedProducer = field(init=False)
+    """The plain producer for records written outside any event (timers, ticks, executors)."""
+
+    def __post_init__(self) -> None:
+        self.producer = SharedProducer(self.settings.bootstrap_servers)
 
     def raw_topic(self, name: str) -> TopicT:
         """A topic of raw bytes keys and values (every codec is applied by hand)."""
@@ -141,7 +147,7 @@ def create_runtime(settings: Settings) -> Runtime:
     runtime = Runtime(
         settings=settings,
         app=app,
-        events_topic=_raw_topic(app, topics.TASK_EVENTS, settings.partitions),
+        events_topic=_raw_topic(app, settings.topics.events, settings.partitions),
         tasks=tasks,
     )
     fold.register(runtime)

@@ -22,7 +22,6 @@ from aiokafka.errors import KafkaError
 
 from schemas import encode_event
 from schemas.records import encode_signal
-from streams import topics
 from streams.config import Settings, load_settings
 from streams.domain import (
     MAX_RESULT_BYTES,
@@ -234,11 +233,11 @@ class TaskManager:
         )
         try:
             metadata = await self._producer.send_and_wait(
-                topics.TASK_EVENTS, encode_event(event), key=task_id.encode("utf-8")
+                self.settings.topics.events, encode_event(event), key=task_id.encode("utf-8")
             )
         except KafkaError as exc:
             raise InfrastructureError(
-                f"cannot write to {topics.TASK_EVENTS}: {exc}", retriable=True
+                f"cannot write to {self.settings.topics.events}: {exc}", retriable=True
             ) from exc
         self._last_write[task_id] = (metadata.partition, metadata.offset)
 
@@ -248,11 +247,11 @@ class TaskManager:
         key = signal.platform.encode("utf-8")
         try:
             await self._producer.send_and_wait(
-                topics.SCHEDULER_SIGNALS, encode_signal(signal), key=key
+                self.settings.topics.signals, encode_signal(signal), key=key
             )
         except KafkaError as exc:
             raise InfrastructureError(
-                f"cannot write to {topics.SCHEDULER_SIGNALS}: {exc}", retriable=True
+                f"cannot write to {self.settings.topics.signals}: {exc}", retriable=True
             ) from exc
 
     # -- reads --------------------------------------------------------------------------

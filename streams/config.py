@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -20,6 +21,7 @@ from typing import Any
 
 from streams.domain.limits import PlatformLimits, RateLimit
 from streams.errors import ConfigurationError
+from streams.topics import TopicNames
 
 ENV_PREFIX = "ORCHESTRATOR_"
 
@@ -32,6 +34,9 @@ class Settings:
     """Kafka bootstrap servers, ``HOST:PORT[,HOST:PORT...]``. Env: ``ORCHESTRATOR_BROKER``."""
     app_id: str = "discovery-orchestrator"
     """Faust application id: consumer group, transactional ids and changelog topic prefix."""
+    topic_prefix: str = ""
+    """Prefix of every project topic name (letters, digits, ``.``, ``_``, ``-``), so several
+    orchestrators can share one Kafka cluster."""
     partitions: int = 8
     """Partitions of every project topic (all equal, so tables stay co-partitioned)."""
     default_timeout: float = 300.0
@@ -84,6 +89,11 @@ class Settings:
         return sorted(
             k.removesuffix("_rate_limits") for k in self.extra if k.endswith("_rate_limits")
         )
+
+    @property
+    def topics(self) -> TopicNames:
+        """The names of this orchestrator's topics."""
+        return TopicNames(self.topic_prefix)
 
     @property
     def max_attempts(self) -> int:
@@ -185,6 +195,11 @@ def _build(values: dict[str, Any]) -> Settings:
             converted[key] = dict(value)
             continue
         converted[key] = _convert(key, value, _FIELD_TYPES[key])
+    prefix = converted.get("topic_prefix", "")
+    if not re.fullmatch(r"[A-Za-z0-9._-]*", prefix):
+        raise ConfigurationError(
+            f"topic_prefix may hold only letters, digits, '.', '_', '-': {prefix!r}"
+        )
     for key in _POSITIVE & converted.keys():
         if converted[key] <= 0:
             raise ConfigurationError(f"{key} must be greater than 0, got {converted[key]}")

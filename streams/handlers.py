@@ -69,7 +69,7 @@ class Handler:
 
     def is_retryable(self, error: BaseException) -> bool:
         """False for errors that must fail the task at once."""
-        return not isinstance(error, NonRetryableError | self.non_retryable)
+        return not isinstance(error, (NonRetryableError, *self.non_retryable))
 
 
 _REGISTRY: dict[str, Handler] = {}

@@ -84,12 +84,14 @@ def start_worker(
     settings: dict[str, str] | None = None,
     log_file: Path | None = None,
     extra_args: tuple[str, ...] = (),
+    extra_env: dict[str, str] | None = None,
 ) -> WorkerProcess:
     """Start ``orchestrator worker`` in a new process; settings go in ``ORCHESTRATOR_*`` vars."""
     data_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_file or data_dir / "worker.log"
     env = dict(os.environ)
     env.update({f"ORCHESTRATOR_{k.upper()}": str(v) for k, v in (settings or {}).items()})
+    env.update(extra_env or {})
     command = [
         sys.executable,
         "-m",

@@ -29,6 +29,52 @@ DLQ_RETENTION_MS = 14 * 24 * 60 * 60 * 1000
 
 
 @dataclass(frozen=True)
+class TopicNames:
+    """The names of one orchestrator's topics: the base names behind an optional prefix.
+
+    Two orchestrators (or two test runs) with different ``topic_prefix`` settings share a
+    Kafka cluster without seeing each other's records.
+    """
+
+    prefix: str = ""
+
+    @property
+    def events(self) -> str:
+        """``task.events``: the log."""
+        return self.prefix + TASK_EVENTS
+
+    @property
+    def ready(self) -> str:
+        """``task.ready``: tasks whose dependencies are met, keyed by platform."""
+        return self.prefix + TASK_READY
+
+    @property
+    def dispatch(self) -> str:
+        """``task.dispatch``: go-aheads for executors."""
+        return self.prefix + TASK_DISPATCH
+
+    @property
+    def completed(self) -> str:
+        """``task.completed``: finished tasks and their results."""
+        return self.prefix + TASK_COMPLETED
+
+    @property
+    def dlq(self) -> str:
+        """``task.events.dlq``: refused input."""
+        return self.prefix + TASK_EVENTS_DLQ
+
+    @property
+    def signals(self) -> str:
+        """``scheduler.signals``: released slots, ticks, pauses, keyed by platform."""
+        return self.prefix + SCHEDULER_SIGNALS
+
+    @property
+    def scheduler_events(self) -> str:
+        """``scheduler.events``: adaptive throttling changes."""
+        return self.prefix + SCHEDULER_EVENTS
+
+
+@dataclass(frozen=True)
 class TopicSpec:
     """A topic the project owns: its name and the configs it is created with."""
 
@@ -47,7 +93,9 @@ TOPICS: tuple[TopicSpec, ...] = (
 )
 
 
-async def ensure_topics(bootstrap_servers: str, partitions: int, replication: int = 1) -> list[str]:
+async def ensure_topics(
+    bootstrap_servers: str, partitions: int, names: TopicNames | None = None, replication: int = 1
+) -> list[str]:
     """Create the project's topics that do not exist yet; return the names created.
 
     Existing topics are left as they are, but a partition count different from ``partitions``
@@ -56,12 +104,14 @@ async def ensure_topics(bootstrap_servers: str, partitions: int, replication: in
     Raises:
         InfrastructureError: the broker cannot be reached, or a topic has the wrong partitions.
     """
+    prefix = (names or TopicNames()).prefix
+    specs = [TopicSpec(prefix + spec.name, spec.config) for spec in TOPICS]
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=15_000)
     try:
         await admin.start()
-        existing = await _partition_counts(admin)
+        existing = await _partition_counts(admin, [spec.name for spec in specs])
         created: list[str] = []
-        for spec in TOPICS:
+        for spec in specs:
             if spec.name in existing:
                 if existing[spec.name] != partitions:
                     raise InfrastructureError(
@@ -86,8 +136,7 @@ async def ensure_topics(bootstrap_servers: str, partitions: int, replication: in
         await admin.close()
 
 
-async def _partition_counts(admin: AIOKafkaAdminClient) -> dict[str, int]:
-    names = [spec.name for spec in TOPICS]
+async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
     present = set(await admin.list_topics()) & set(names)
     if not present:
         return {}

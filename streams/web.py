@@ -23,7 +23,6 @@ from typing import Any
 
 from faust.web import Request, Response, View
 
-from streams import topics
 from streams.app import Runtime
 from streams.domain import Status, TaskState, state_from_json, state_to_dict
 
@@ -76,7 +75,7 @@ def register(runtime: Runtime) -> None:
 def register_limits_view(runtime: Runtime) -> None:
     """Add ``GET /limits/{platform}``, answered by the worker scheduling that platform."""
     app = runtime.app
-    ready_topic = runtime.raw_topic(topics.TASK_READY)
+    ready_topic = runtime.raw_topic(runtime.settings.topics.ready)
 
     @app.page("/limits/{platform}")
     @app.topic_route(topic=ready_topic, match_info="platform")
@@ -92,7 +91,9 @@ def register_state_view(runtime: Runtime) -> None:
     @app.page("/state")
     async def table_state(self: View, request: Request) -> Response:
         owned = sorted(
-            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topics.TASK_EVENTS
+            tp.partition
+            for tp in app.assignor.assigned_actives()
+            if tp.topic == runtime.settings.topics.events
         )
         tasks = {
             key.decode("utf-8"): state_to_dict(state_from_json(value))

@@ -23,7 +23,9 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """
     loop = asyncio.new_event_loop()
     try:
-        loop.run_until_complete(ensure_topics(settings.bootstrap_servers, settings.partitions))
+        loop.run_until_complete(
+            ensure_topics(settings.bootstrap_servers, settings.partitions, settings.topics)
+        )
     finally:
         loop.close()
     load_handler_modules(m.strip() for m in settings.handlers.split(",") if m.strip())

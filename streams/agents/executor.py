@@ -19,12 +19,10 @@ import logging
 import time
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from faust.types import StreamT
 
 from schemas import encode_event
 from schemas.records import decode_dispatch
-from streams import topics
 from streams.app import Runtime
 from streams.domain import (
     MAX_RESULT_BYTES,
@@ -49,7 +47,6 @@ class Executor:
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
-        self._producer: AIOKafkaProducer | None = None
         self.running: dict[str, asyncio.Task[None]] = {}
 
     def start(self, dispatch: Dispatch) -> None:
@@ -57,9 +54,15 @@ class Executor:
         handler = handler_for(dispatch.task_type)
         if handler is None or dispatch.task_id in self.running:
             return
-        run = asyncio.ensure_future(self._run(handler, dispatch))
+        run = asyncio.ensure_future(self._run_safely(handler, dispatch))
         self.running[dispatch.task_id] = run
         run.add_done_callback(lambda _: self.running.pop(dispatch.task_id, None))
+
+    async def _run_safely(self, handler: Handler, dispatch: Dispatch) -> None:
+        try:
+            await self._run(handler, dispatch)
+        except Exception:  # writing the outcome failed: the attempt will time out and retry
+            log.exception("executor failed on %s attempt %d", dispatch.task_id, dispatch.attempt)
 
     async def _run(self, handler: Handler, dispatch: Dispatch) -> None:
         steps = 0
@@ -100,28 +103,16 @@ class Executor:
 
     async def _write(self, dispatch: Dispatch, step: str, payload: Payload) -> None:
         event = Event(
-            derived_event_id(dispatch.task_id, dispatch.attempt, step),
+            derived_event_id(dispatch.dispatch_id, step),
             dispatch.task_id,
             int(time.time() * 1000),
             Source.EXECUTOR,
             payload,
         )
-        producer = await self._ensure_producer()
-        await producer.send(
-            topics.TASK_EVENTS, encode_event(event), key=dispatch.task_id.encode("utf-8")
+        key = dispatch.task_id.encode("utf-8")
+        await self._runtime.producer.send(
+            self._runtime.settings.topics.events, key, encode_event(event)
         )
-
-    async def _ensure_producer(self) -> AIOKafkaProducer:
-        if self._producer is None:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self._runtime.settings.bootstrap_servers,
-                enable_idempotence=True,
-                acks="all",
-                max_request_size=2_000_000,
-            )
-            await producer.start()
-            self._producer = producer
-        return self._producer
 
 
 def _completion(result: Any) -> Payload:
@@ -144,7 +135,7 @@ def _completion(result: Any) -> Payload:
 def register(runtime: Runtime) -> Executor:
     """Add the executor agent to ``runtime.app``."""
     executor = Executor(runtime)
-    topic = runtime.raw_topic(topics.TASK_DISPATCH)
+    topic = runtime.raw_topic(runtime.settings.topics.dispatch)
 
     @runtime.app.agent(topic, name="executor", concurrency=1)
     async def execute(stream: StreamT[Any]) -> None:

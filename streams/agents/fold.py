@@ -15,7 +15,7 @@ from faust.types import EventT, StreamT
 
 from schemas import encode_completed, encode_event, encode_ready
 from schemas.records import decode_event, encode_signal
-from streams import topics, transactions
+from streams import transactions
 from streams.app import Runtime
 from streams.domain import (
     CompletedTask,
@@ -81,25 +81,24 @@ class _Outbox:
 
     def __init__(self, runtime: Runtime, event: EventT[Any]) -> None:
         self._app = runtime.app
+        self._topics = runtime.settings.topics
         self._event = event
         self._transaction = transactions.transactional_id_for(runtime.app, event)
         self._event_time_ms = int(event.message.timestamp * 1000)
 
     async def carry_out(self, effect: Effect) -> None:
         if isinstance(effect, ReadyToSchedule):
-            await self._send(topics.TASK_READY, effect.platform.encode(), encode_ready(effect))
+            await self._send(self._topics.ready, effect.platform.encode(), encode_ready(effect))
         elif isinstance(effect, FollowUp):
             key = effect.event.task_id.encode("utf-8")
-            await self._send(topics.TASK_EVENTS, key, encode_event(effect.event))
+            await self._send(self._topics.events, key, encode_event(effect.event))
         elif isinstance(effect, CompletedTask):
             key = effect.task_id.encode("utf-8")
-            await self._send(topics.TASK_COMPLETED, key, encode_completed(effect))
+            await self._send(self._topics.completed, key, encode_completed(effect))
         elif isinstance(effect, Released):
             released = TaskReleased(effect.task_id, effect.completed, effect.throttled_ms)
             signal = SchedulerSignal(effect.platform, self._event_time_ms, released)
-            await self._send(
-                topics.SCHEDULER_SIGNALS, effect.platform.encode(), encode_signal(signal)
-            )
+            await self._send(self._topics.signals, effect.platform.encode(), encode_signal(signal))
         elif isinstance(effect, Rejected):
             await self.dead_letter(str(effect.code), effect.reason)
 
@@ -120,7 +119,7 @@ class _Outbox:
             reason,
             detail,
         )
-        await self._send(topics.TASK_EVENTS_DLQ, message.key, message.value or b"", headers)
+        await self._send(self._topics.dlq, message.key, message.value or b"", headers)
 
     async def _send(
         self,

@@ -19,7 +19,6 @@ import logging
 import time
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from faust.types import EventT, StreamT
 
 from schemas.records import (
@@ -30,7 +29,7 @@ from schemas.records import (
     encode_rate_change,
     encode_signal,
 )
-from streams import handlers, topics, transactions
+from streams import handlers, transactions
 from streams.app import Runtime
 from streams.domain import Event, ReadyToSchedule, Source, derived_event_id
 from streams.domain.events import TaskDeferred, TaskDispatched
@@ -75,7 +74,6 @@ class SchedulerService:
             app.tables.add(table)
         self.schedulers: dict[str, PlatformScheduler] = {}
         self.wakeups: dict[str, int] = {}
-        self._tick_producer: AIOKafkaProducer | None = None
 
     def scheduler_for(self, platform: str) -> PlatformScheduler:
         """The platform's scheduler, loaded from the tables the first time."""
@@ -113,22 +111,11 @@ class SchedulerService:
         due = [platform for platform, at in self.wakeups.items() if at <= now_ms]
         if not due:
             return
-        producer = await self._producer()
         for platform in due:
             signal = SchedulerSignal(platform, now_ms, Tick())
-            await producer.send(
-                topics.SCHEDULER_SIGNALS, encode_signal(signal), key=platform.encode()
-            )
+            topic = self.runtime.settings.topics.signals
+            await self.runtime.producer.send(topic, platform.encode(), encode_signal(signal))
             self.wakeups[platform] = now_ms + RETICK_MS
-
-    async def _producer(self) -> AIOKafkaProducer:
-        if self._tick_producer is None:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.runtime.settings.bootstrap_servers, linger_ms=0
-            )
-            await producer.start()
-            self._tick_producer = producer
-        return self._tick_producer
 
 
 def register(runtime: Runtime) -> SchedulerService:
@@ -137,8 +124,8 @@ def register(runtime: Runtime) -> SchedulerService:
     service = SchedulerService(runtime)
     gate = transactions.gate_of(app)
     source = app.topic(
-        topics.TASK_READY,
-        topics.SCHEDULER_SIGNALS,
+        runtime.settings.topics.ready,
+        runtime.settings.topics.signals,
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
@@ -168,7 +155,7 @@ async def _process(service: SchedulerService, event: EventT[Any]) -> None:
     message = event.message
     outbox = _Outbox(service.runtime, event)
     try:
-        if message.topic == topics.TASK_READY:
+        if message.topic == service.runtime.settings.topics.ready:
             ready = decode_ready(message.value or b"")
             platform = ready.platform
             _enqueue(service, ready)
@@ -199,6 +186,7 @@ def _enqueue(service: SchedulerService, ready: ReadyToSchedule) -> None:
         ready.attempt,
         ready.ready_at_ms,
         ready.timeout_ms,
+        ready.ready_id,
     )
     if service.scheduler_for(ready.platform).enqueue(task):
         service.queue[_queue_key(ready.platform, ready.task_id)] = json.dumps(
@@ -226,7 +214,11 @@ async def _on_signal(service: SchedulerService, outbox: _Outbox, signal: Schedul
                 change.new_factor,
                 change.cause,
             )
-            await outbox.send(topics.SCHEDULER_EVENTS, signal.platform, encode_rate_change(record))
+            await outbox.send(
+                service.runtime.settings.topics.scheduler_events,
+                signal.platform,
+                encode_rate_change(record),
+            )
     elif isinstance(payload, PlatformPaused):
         scheduler.pause(payload.until_ms)
 
@@ -237,16 +229,17 @@ async def _run(service: SchedulerService, outbox: _Outbox, platform: str) -> Non
     dispatched, deferrals = scheduler.run(now_ms, service.overall_free())
     for task in dispatched:
         service.queue.pop(_queue_key(platform, task.task_id), None)
-        attempt_key = (task.task_id, task.attempt)
+        dispatch_id = derived_event_id(task.ready_id or task.task_id, task.attempt, "dispatched")
         event = Event(
-            derived_event_id(*attempt_key, "dispatched"),
+            dispatch_id,
             task.task_id,
             now_ms,
             Source.SCHEDULER,
             TaskDispatched(),
         )
-        await outbox.send(topics.TASK_EVENTS, task.task_id, encode_event(event))
+        await outbox.send(service.runtime.settings.topics.events, task.task_id, encode_event(event))
         go = Dispatch(
+            dispatch_id,
             task.task_id,
             platform,
             task.task_type,
@@ -255,18 +248,22 @@ async def _run(service: SchedulerService, outbox: _Outbox, platform: str) -> Non
             task.timeout_ms,
             now_ms,
         )
-        await outbox.send(topics.TASK_DISPATCH, task.task_id, encode_dispatch(go))
+        await outbox.send(
+            service.runtime.settings.topics.dispatch, task.task_id, encode_dispatch(go)
+        )
     for deferral in deferrals:
         held = deferral.hold
         payload = TaskDeferred(str(held.reason), held.detail, held.until_ms or 0)
         event = Event(
-            derived_event_id(deferral.task_id, "deferred", now_ms),
+            derived_event_id(deferral.ready_id or deferral.task_id, "deferred"),
             deferral.task_id,
             now_ms,
             Source.SCHEDULER,
             payload,
         )
-        await outbox.send(topics.TASK_EVENTS, deferral.task_id, encode_event(event))
+        await outbox.send(
+            service.runtime.settings.topics.events, deferral.task_id, encode_event(event)
+        )
     service.platforms[platform.encode("utf-8")] = json.dumps(scheduler.snapshot()).encode()
     wakeup = scheduler.wakeup_ms(now_ms)
     hold = scheduler.hold(now_ms, service.overall_free())

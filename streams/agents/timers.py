@@ -14,11 +14,9 @@ import heapq
 import logging
 import time
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
 from schemas import encode_event
-from streams import topics
 from streams.app import Runtime
 from streams.domain import state_from_json
 from streams.domain.timers import due_event, next_deadline
@@ -69,14 +67,15 @@ class _Timer:
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
         self._owned: frozenset[int] = frozenset()
-        self._producer: AIOKafkaProducer | None = None
 
     async def tick(self) -> None:
         app = self._runtime.app
         if app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
             return
         owned = frozenset(
-            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topics.TASK_EVENTS
+            tp.partition
+            for tp in app.assignor.assigned_actives()
+            if tp.topic == self._runtime.settings.topics.events
         )
         if owned != self._owned:
             self._rebuild(owned)
@@ -106,17 +105,8 @@ class _Timer:
         if event is None:
             self._runtime.deadlines.track(task_id, next_deadline(state))
             return
-        producer = await self._ensure_producer()
-        await producer.send(topics.TASK_EVENTS, encode_event(event), key=task_id.encode("utf-8"))
+        key = task_id.encode("utf-8")
+        await self._runtime.producer.send(
+            self._runtime.settings.topics.events, key, encode_event(event)
+        )
         self._runtime.deadlines.track(task_id, now_ms + RETRY_AFTER_MS)
-
-    async def _ensure_producer(self) -> AIOKafkaProducer:
-        if self._producer is None:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self._runtime.settings.bootstrap_servers,
-                enable_idempotence=True,
-                acks="all",
-            )
-            await producer.start()
-            self._producer = producer
-        return self._producer

@@ -54,6 +54,8 @@ class QueuedTask:
     attempt: int
     ready_at_ms: int
     timeout_ms: int = 0
+    ready_id: str = ""
+    """Id of this readiness (unique even when an attempt number repeats)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready fields (the inverse is ``QueuedTask(**d)``)."""
@@ -79,6 +81,7 @@ class Deferral:
 
     task_id: str
     hold: Hold
+    ready_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -276,4 +279,4 @@ class PlatformScheduler:
             return []
         free = None if overall_free is None else overall_free - used
         hold = self.hold(now_ms, free) or Hold(HoldReason.CONCURRENCY, "queued behind other tasks")
-        return [Deferral(tid, hold) for tid in waiting]
+        return [Deferral(tid, hold, self._tasks[tid].ready_id) for tid in waiting]

@@ -51,8 +51,13 @@ class SchedulerSignal:
 
 @dataclass(frozen=True)
 class Dispatch:
-    """Run attempt ``attempt`` of the task now, within ``timeout_ms``."""
+    """Run attempt ``attempt`` of the task now, within ``timeout_ms``.
 
+    ``dispatch_id`` is the id of the matching ``TaskDispatched`` event: unique per dispatch
+    (an attempt answered "rate limited" is dispatched again under the same number).
+    """
+
+    dispatch_id: str
     task_id: str
     platform: str
     task_type: str

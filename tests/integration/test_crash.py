@@ -52,15 +52,15 @@ async def test_two_workers_one_killed_mid_workload_lose_and_duplicate_nothing(
     killed: list[str] = []
     try:
         async with (
-            Follower(bootstrap_servers, "task.ready") as ready,
-            Follower(bootstrap_servers, "task.completed") as done,
+            Follower(bootstrap_servers, cluster.topics.ready) as ready,
+            Follower(bootstrap_servers, cluster.topics.completed) as done,
         ):
             for tid in ids:
                 created = TaskCreated(
                     "scrape", "linkedin", tid, 5, dependencies[tid], 600_000, 1, 0, 600_000, 600_000
                 )
                 await producer.send(
-                    "task.events", encode_event(_event(tid, created)), key=tid.encode()
+                    cluster.topics.events, encode_event(_event(tid, created)), key=tid.encode()
                 )
             await producer.flush()
             deadline = time.monotonic() + DEADLINE_S
@@ -73,11 +73,11 @@ async def test_two_workers_one_killed_mid_workload_lose_and_duplicate_nothing(
                     if ready_seen[tid] == 1:
                         key = tid.encode()
                         await producer.send(
-                            "task.events", encode_event(_event(tid, TaskStarted())), key=key
+                            cluster.topics.events, encode_event(_event(tid, TaskStarted())), key=key
                         )
                         result = TaskCompleted(json.dumps({"task": tid}).encode())
                         await producer.send(
-                            "task.events", encode_event(_event(tid, result)), key=key
+                            cluster.topics.events, encode_event(_event(tid, result)), key=key
                         )
                 for record in await done.next_batch(10):
                     tid = decode_completed(record.value or b"").task_id
@@ -94,14 +94,14 @@ async def test_two_workers_one_killed_mid_workload_lose_and_duplicate_nothing(
 
     ready_records = await read_until(
         bootstrap_servers,
-        "task.ready",
+        cluster.topics.ready,
         done=lambda kept: len(kept) >= TASKS,
         timeout_s=30,
         keep=lambda r: decode_ready(r.value or b"").task_id in mine,
     )
     completed_records = await read_until(
         bootstrap_servers,
-        "task.completed",
+        cluster.topics.completed,
         done=lambda kept: len(kept) >= TASKS,
         timeout_s=30,
         keep=lambda r: decode_completed(r.value or b"").task_id in mine,

@@ -116,6 +116,7 @@ async def test_any_worker_answers_for_tasks_owned_by_another(
         "bootstrap_servers": bootstrap_servers,
         "api_url": first.api_url,
         "read_timeout": 60.0,
+        "topic_prefix": cluster.topic_prefix,
     }
     async with TaskManager(config) as writer:
         for tid in ids:
