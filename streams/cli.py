@@ -97,6 +97,27 @@ def _parser() -> argparse.ArgumentParser:
     _common_options(result)
     result.add_argument("task_id")
     result.set_defaults(handler=_result)
+    limits = commands.add_parser("limits", help="each platform's rate-limit status")
+    _common_options(limits)
+    limits.add_argument("platforms", nargs="*", help="platforms (default: those in the config)")
+    limits.add_argument("--json", action="store_true", help="print JSON")
+    limits.set_defaults(handler=_limits)
+
+    pause = commands.add_parser(
+        "pause", help="hold a platform's dispatches for SECONDS (0 resumes)"
+    )
+    _common_options(pause)
+    pause.add_argument("platform")
+    pause.add_argument("seconds", type=float)
+    pause.set_defaults(handler=_pause)
+
+    tail = commands.add_parser("tail", help="print a topic's records, decoded")
+    _common_options(tail)
+    tail.add_argument("topic", help="task.events, task.ready, task.dispatch, task.completed, ...")
+    tail.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
+    tail.add_argument("--max", type=int, default=None, help="stop after this many records")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.set_defaults(handler=_tail)
     return parser
 
 
@@ -211,6 +232,58 @@ def _result(args: argparse.Namespace) -> int:
     return 0
 
 
+def _limits(args: argparse.Namespace) -> int:
+    from streams.client import SmartScheduler
+
+    async def fetch() -> dict[str, Any]:
+        async with SmartScheduler(_overrides(args)) as scheduler:
+            names = args.platforms or scheduler.settings.limited_platforms
+            return {name: await scheduler.limit_status(name) for name in names}
+
+    statuses = asyncio.run(fetch())
+    if args.json:
+        print(json.dumps(statuses, indent=2, sort_keys=True))
+        return 0
+    if not statuses:
+        print("no platforms: name them, or pass a --config with <platform>_rate_limits keys")
+    for name, status in statuses.items():
+        windows = ", ".join(
+            f"{w['remaining']}/{w['effective_calls']} left per {w['period_s']:g} s"
+            for w in status["windows"]
+        )
+        held = status["held_by"]
+        print(
+            f"{name}: {windows or 'no rate limits'}; {status['in_flight']} running"
+            f"{' of ' + str(status['max_concurrent']) if status['max_concurrent'] else ''}, "
+            f"{status['pending']} queued, rate factor {status['rate_factor']:g}"
+            f"{'; held: ' + held['reason'] + ' (' + held['detail'] + ')' if held else ''}"
+        )
+    return 0
+
+
+def _pause(args: argparse.Namespace) -> int:
+    from streams.client import SmartScheduler
+
+    async def pause() -> None:
+        async with SmartScheduler(_overrides(args)) as scheduler:
+            await scheduler.pause_platform(args.platform, args.seconds)
+
+    asyncio.run(pause())
+    print(f"{args.platform}: " + (f"paused for {args.seconds:g} s" if args.seconds else "resumed"))
+    return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from streams.tail import tail
+
+    return asyncio.run(tail(_settings(args), args.topic, args.from_beginning, args.max, args.json))
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     settings = _settings(args)
-    return {"bootstrap_servers": settings.bootstrap_servers, "api_url": settings.api_url}
+    return {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "api_url": settings.api_url,
+        "topic_prefix": settings.topic_prefix,
+        **settings.extra,
+    }
