@@ -15,6 +15,7 @@ from faust.types import TopicT
 
 from streams import transactions
 from streams.config import Settings
+from streams.metrics import Metrics
 from streams.producers import SharedProducer
 
 if TYPE_CHECKING:
@@ -68,6 +69,8 @@ class Runtime:
     deadlines: DeadlineIndex = field(default_factory=lambda: _deadline_index())
     scheduler: Any = None
     """The worker's ``SchedulerService`` (set by ``create_runtime``)."""
+    metrics: Metrics = field(default_factory=Metrics)
+    """The worker's Prometheus metrics."""
     producer: SharedProducer = field(init=False)
     """The plain producer for records written outside any event (timers, ticks, executors)."""
 

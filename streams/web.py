@@ -10,6 +10,7 @@ Routes:
     GET /tasks/{task_id}         the task's state (404 if no such task)
     GET /tasks/{task_id}/result  the result (409 not completed, 410 expired)
     GET /limits/{platform}       the platform's limit status (windows, pause, in flight, queue)
+    GET /metrics                 Prometheus metrics of this worker
     GET /state                   every task of the partitions this worker owns, in full
                                  (``orchestrator verify`` compares it with a fresh fold)
     GET /router/topics           faust's own: which worker owns which partitions
@@ -22,6 +23,7 @@ import time
 from typing import Any
 
 from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from streams.app import Runtime
 from streams.domain import Status, TaskState, state_from_json, state_to_dict
@@ -34,6 +36,7 @@ def register(runtime: Runtime) -> None:
     app = runtime.app
     register_state_view(runtime)
     register_limits_view(runtime)
+    register_metrics_view(runtime)
 
     @app.page("/tasks/{task_id}")
     @app.topic_route(topic=runtime.events_topic, match_info="task_id")
@@ -69,6 +72,22 @@ def register(runtime: Runtime) -> None:
                 "completed_at_ms": state.completed_at_ms,
                 "expires_at_ms": expires_at_ms,
             }
+        )
+
+
+def register_metrics_view(runtime: Runtime) -> None:
+    """Add ``GET /metrics``: this worker's metrics in Prometheus' text format."""
+    app = runtime.app
+
+    @app.page("/metrics")
+    async def metrics(self: View, request: Request) -> Response:
+        for tp in app.assignor.assigned_actives():
+            if tp.topic == runtime.settings.topics.events:
+                highwater = app.consumer.highwater(tp) or 0
+                lag = max(0, highwater - runtime.processed.get(tp.partition) - 1)
+                runtime.metrics.lag.labels(str(tp.partition)).set(lag)
+        return self.bytes(
+            runtime.metrics.exposition(), content_type=CONTENT_TYPE_LATEST.split(";")[0]
         )
 
 

@@ -67,6 +67,7 @@ async def _process(runtime: Runtime, event: EventT[Any]) -> None:
         state = state_from_json(stored) if stored is not None else None
         outcome = apply(state, task_event)
         if outcome.state is not None and outcome.state is not state:
+            runtime.metrics.observe_fold(state, task_event, outcome.state)
             runtime.tasks[message.key] = state_to_json(outcome.state)
             runtime.deadlines.track(task_event.task_id, next_deadline(outcome.state))
         for effect in outcome.effects:
@@ -82,6 +83,7 @@ class _Outbox:
     def __init__(self, runtime: Runtime, event: EventT[Any]) -> None:
         self._app = runtime.app
         self._topics = runtime.settings.topics
+        self._metrics = runtime.metrics
         self._event = event
         self._transaction = transactions.transactional_id_for(runtime.app, event)
         self._event_time_ms = int(event.message.timestamp * 1000)
@@ -103,6 +105,7 @@ class _Outbox:
             await self.dead_letter(str(effect.code), effect.reason)
 
     async def dead_letter(self, reason: str, detail: str) -> None:
+        self._metrics.dlq.labels(reason).inc()
         message = self._event.message
         headers = [
             ("reason", reason.encode()),

@@ -265,8 +265,17 @@ async def _run(service: SchedulerService, outbox: _Outbox, platform: str) -> Non
             service.runtime.settings.topics.events, deferral.task_id, encode_event(event)
         )
     service.platforms[platform.encode("utf-8")] = json.dumps(scheduler.snapshot()).encode()
-    wakeup = scheduler.wakeup_ms(now_ms)
+    _plan_wakeups(service, platform, scheduler, now_ms)
+
+
+def _plan_wakeups(
+    service: SchedulerService, platform: str, scheduler: PlatformScheduler, now_ms: int
+) -> None:
+    """Note when the platform must look again, and wake platforms an overall slot now lets go."""
     hold = scheduler.hold(now_ms, service.overall_free())
+    reason = str(hold.reason) if hold is not None and scheduler.pending else None
+    service.runtime.metrics.observe_scheduler(scheduler, now_ms, reason)
+    wakeup = scheduler.wakeup_ms(now_ms)
     if hold is not None and hold.reason is HoldReason.CONCURRENCY and hold.until_ms is None:
         wakeup = None  # a released slot will bring a signal
     if wakeup is None:
@@ -275,8 +284,12 @@ async def _run(service: SchedulerService, outbox: _Outbox, platform: str) -> Non
         service.wakeups[platform] = wakeup
     if service.overall_free() is not None:
         for other, other_scheduler in service.schedulers.items():
-            other_hold = other_scheduler.hold(now_ms, service.overall_free())
-            if other != platform and other_hold is None and other_scheduler.pending:
+            free = service.overall_free()
+            if (
+                other != platform
+                and other_scheduler.pending
+                and other_scheduler.hold(now_ms, free) is None
+            ):
                 service.wakeups[other] = now_ms
 
 

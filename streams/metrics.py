@@ -1,0 +1,168 @@
+"""Prometheus metrics of a worker, served at ``/metrics``.
+
+Names follow Prometheus conventions: the ``orchestrator_`` prefix, ``_total`` counters, ``_seconds``
+histograms, labels ``platform`` and ``task_type`` where they help and never a task id. Counters
+count what *this* worker folded or scheduled: sum them over workers (they restart from zero with
+the process, which Prometheus' ``rate()`` handles).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from streams.domain import Event, Status, TaskState
+from streams.domain.scheduling import PlatformScheduler
+
+_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+_TERMINAL_COUNTERS = {
+    Status.COMPLETED: "completed",
+    Status.FAILED: "failed",
+    Status.CANCELLED: "cancelled",
+}
+
+
+class Metrics:
+    """The worker's metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        labels = ["platform", "task_type"]
+        self.tasks = {
+            name: Counter(f"orchestrator_tasks_{name}_total", f"Tasks {name}.", labels, registry=r)
+            for name in (
+                "created",
+                "started",
+                "completed",
+                "failed",
+                "cancelled",
+                "retried",
+                "timed_out",
+            )
+        }
+        self.progress = Histogram(
+            "orchestrator_task_progress_ratio",
+            "Progress values reported by running tasks.",
+            ["platform"],
+            buckets=(0.1, 0.25, 0.5, 0.75, 0.9, 1.0),
+            registry=r,
+        )
+        self.duration = Histogram(
+            "orchestrator_task_duration_seconds",
+            "From the first start of a task to its completion.",
+            labels,
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "orchestrator_task_queue_wait_seconds",
+            "From ready to dispatched or started.",
+            ["platform"],
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.dlq = Counter(
+            "orchestrator_dlq_records_total", "Records sent to the DLQ.", ["reason"], registry=r
+        )
+        self.remaining = Gauge(
+            "orchestrator_rate_limit_remaining_calls",
+            "Calls a rate-limit window still allows now.",
+            ["platform", "window"],
+            registry=r,
+        )
+        self.reset = Gauge(
+            "orchestrator_rate_limit_reset_timestamp_seconds",
+            "When the window next allows a call.",
+            ["platform", "window"],
+            registry=r,
+        )
+        self.hits = Counter(
+            "orchestrator_rate_limit_hits_total",
+            "Scheduler passes that held a task back, by reason.",
+            ["platform", "reason"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "orchestrator_tasks_in_flight",
+            "Dispatched tasks not yet ended.",
+            ["platform"],
+            registry=r,
+        )
+        self.pending = Gauge(
+            "orchestrator_pending_tasks",
+            "Ready tasks queued by the scheduler.",
+            ["platform"],
+            registry=r,
+        )
+        self.rate_factor = Gauge(
+            "orchestrator_rate_factor",
+            "Share of its limits a platform gets (adaptive throttling).",
+            ["platform"],
+            registry=r,
+        )
+        self.lag = Gauge(
+            "orchestrator_fold_consumer_lag",
+            "Records of task.events not yet folded.",
+            ["partition"],
+            registry=r,
+        )
+
+    def observe_fold(self, before: TaskState | None, event: Event, after: TaskState | None) -> None:
+        """Count what an accepted event did to a task."""
+        if after is None or after is before:
+            return
+        labels = (after.platform, after.task_type)
+        old = before.status if before is not None else None
+        new = after.status
+        kind = event.kind
+        if kind == "TaskCreated":
+            self.tasks["created"].labels(*labels).inc()
+        elif kind == "TaskProgress":
+            self.progress.labels(after.platform).observe(after.progress)
+        if kind == "TaskTimedOut":
+            self.tasks["timed_out"].labels(*labels).inc()
+        if new is old:
+            return
+        if new is Status.RUNNING:
+            self.tasks["started"].labels(*labels).inc()
+        if new in (Status.DISPATCHED, Status.RUNNING) and old is Status.READY:
+            self.queue_wait.labels(after.platform).observe(_seconds_in(before, Status.READY, event))
+        if new is Status.RETRYING:
+            self.tasks["retried"].labels(*labels).inc()
+        if new in _TERMINAL_COUNTERS:
+            self.tasks[_TERMINAL_COUNTERS[new]].labels(*labels).inc()
+        if new is Status.COMPLETED:
+            first_start = next((t.at_ms for t in after.history if t.status is Status.RUNNING), None)
+            if first_start is not None:
+                self.duration.labels(*labels).observe(
+                    max(0, event.occurred_at_ms - first_start) / 1000
+                )
+
+    def observe_scheduler(
+        self, scheduler: PlatformScheduler, now_ms: int, held: str | None
+    ) -> None:
+        """Record a platform's limit status after a scheduler pass (and why it held, if it did)."""
+        platform = scheduler.limits.platform
+        status = scheduler.status(now_ms)
+        for window in status["windows"]:
+            name = f"{window['calls']}/{window['period_s']:g}s"
+            self.remaining.labels(platform, name).set(window["remaining"])
+            self.reset.labels(platform, name).set(window["next_call_at_ms"] / 1000)
+        self.in_flight.labels(platform).set(status["in_flight"])
+        self.pending.labels(platform).set(status["pending"])
+        self.rate_factor.labels(platform).set(status["rate_factor"])
+        if held is not None:
+            self.hits.labels(platform, held).inc()
+
+    def exposition(self) -> bytes:
+        """The text exposition format of every metric."""
+        return generate_latest(self.registry)
+
+
+def _seconds_in(state: TaskState | None, status: Status, event: Event) -> float:
+    if state is None:
+        return 0.0
+    entered = next(
+        (t.at_ms for t in reversed(state.history) if t.status is status), event.occurred_at_ms
+    )
+    return max(0, event.occurred_at_ms - entered) / 1000

@@ -1,0 +1,83 @@
+"""/metrics of a real worker, scraped during a workload and checked against what happened."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from streams.client import TaskManager
+from streams.process import WorkerProcess
+from tests.integration.conftest import SCHEDULER_PREFIX, platform
+from tests.integration.kafka_io import produce
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def _scrape(worker: WorkerProcess) -> Samples:
+    async with aiohttp.ClientSession() as http, http.get(f"{worker.api_url}/metrics") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = await response.text()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_metrics_count_what_the_workload_did(
+    scheduler_config: dict[str, Any], scheduler_worker: WorkerProcess, bootstrap_servers: str
+) -> None:
+    name = platform("metrics")
+    before = await _scrape(scheduler_worker)
+    async with TaskManager(scheduler_config) as tm:
+        ids = [await tm.create_task("noop", name, f"n{i}") for i in range(4)]
+        ids.append(await tm.create_task("fatal", name, "gone", max_retries=2))
+        ids.append(await tm.create_task("flaky", name, "f", max_retries=3, retry_delay=0.1))
+        await produce(
+            bootstrap_servers, f"{SCHEDULER_PREFIX}task.events", [(b"metrics-garbage", b"\x00junk")]
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            statuses = [(await tm.get_task_status(tid))["status"] for tid in ids]
+            if all(s in ("completed", "failed") for s in statuses):
+                break
+            await asyncio.sleep(0.2)
+    during = await _scrape(scheduler_worker)
+    deadline = time.monotonic() + 10
+    while (
+        _value(during, "orchestrator_tasks_in_flight", platform=name)
+        and time.monotonic() < deadline
+    ):
+        await asyncio.sleep(0.1)  # the last release reaches the scheduler after the fold
+        during = await _scrape(scheduler_worker)
+
+    def delta(metric: str, **labels: str) -> float:
+        return _value(during, metric, **labels) - _value(before, metric, **labels)
+
+    noop, fatal, flaky = ({"platform": name, "task_type": t} for t in ("noop", "fatal", "flaky"))
+    assert delta("orchestrator_tasks_created_total", **noop) == 4
+    assert delta("orchestrator_tasks_completed_total", **noop) == 4
+    assert delta("orchestrator_tasks_failed_total", **fatal) == 1
+    assert delta("orchestrator_tasks_started_total", **flaky) == 3
+    assert delta("orchestrator_tasks_retried_total", **flaky) == 2
+    assert delta("orchestrator_tasks_completed_total", **flaky) == 1
+    assert delta("orchestrator_task_duration_seconds_count", **noop) == 4
+    assert delta("orchestrator_task_queue_wait_seconds_count", platform=name) == 4 + 1 + 3
+    assert delta("orchestrator_dlq_records_total", reason="undecodable") == 1
+    assert _value(during, "orchestrator_tasks_in_flight", platform=name) == 0
+    assert _value(during, "orchestrator_pending_tasks", platform=name) == 0
+    assert _value(during, "orchestrator_rate_factor", platform=name) == 1.0
+    assert any(key[0] == "orchestrator_fold_consumer_lag" for key in during)
+    assert all(
+        dict(labels).keys() <= {"platform", "task_type", "reason", "window", "partition", "le"}
+        for _, labels in during
+    )
