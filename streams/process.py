@@ -87,6 +87,7 @@ def start_worker(
     extra_env: dict[str, str] | None = None,
 ) -> WorkerProcess:
     """Start ``orchestrator worker`` in a new process; settings go in ``ORCHESTRATOR_*`` vars."""
+    data_dir = data_dir.resolve()  # the worker runs in it: relative paths would move
     data_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_file or data_dir / "worker.log"
     env = dict(os.environ)

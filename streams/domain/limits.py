@@ -7,9 +7,11 @@ can only be too high, never too low: no rolling window of that length ever holds
 limit, and a dispatch is delayed by at most one bucket (0.5 % of the period) compared to an
 exact log of timestamps. Memory per window is bounded by the bucket count, whatever the rate.
 
-Adaptive throttling (AIMD): a "rate limited" answer from the platform halves the fraction of the
-configured limits the scheduler uses; each success adds ``AIMD_STEP`` back, up to 1 (never above
-the configured limits).
+Adaptive throttling (AIMD): a "rate limited" answer that repeats the previous answer from the
+platform halves the fraction of the configured limits the scheduler uses (a lone one only pauses
+the platform: platforms answer 429 now and then for reasons of their own); each success adds
+``AIMD_STEP`` back, up to 1 (never above the configured limits), and never goes below
+``AIMD_FLOOR``.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from dataclasses import dataclass, replace
 
 BUCKETS_PER_PERIOD = 200
 AIMD_DECREASE = 0.5
-AIMD_STEP = 0.05
-AIMD_FLOOR = 0.05
+AIMD_STEP = 0.1
+AIMD_FLOOR = 0.1
 
 
 @dataclass(frozen=True)

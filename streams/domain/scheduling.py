@@ -104,6 +104,7 @@ class PlatformScheduler:
         self.logs: list[WindowLog] = [WindowLog() for _ in limits.limits]
         self.paused_until_ms = 0
         self.rate_factor = 1.0
+        self.last_answer_throttled = False
         self._queue: list[tuple[int, str]] = []
         self._tasks: dict[str, QueuedTask] = {}
         self._not_yet_deferred: list[str] = []
@@ -185,15 +186,22 @@ class PlatformScheduler:
     def release(
         self, task_id: str, completed: bool, throttled_ms: int, now_ms: int
     ) -> RateChanged | None:
-        """A dispatched attempt ended: free its slot; adapt the rate to the platform's answer."""
+        """A dispatched attempt ended: free its slot; adapt the rate to the platform's answer.
+
+        A "rate limited" answer pauses the platform for ``throttled_ms``; if the previous answer
+        was one too, the rate factor is halved. A success raises it by a step.
+        """
         self.in_flight.discard(task_id)
         old, cause = self.rate_factor, ""
         if throttled_ms > 0:
             self.paused_until_ms = max(self.paused_until_ms, now_ms + throttled_ms)
-            self.rate_factor = throttled(old)
-            cause = f"rate limited, retry after {throttled_ms} ms"
+            if self.last_answer_throttled:  # repeated: the platform wants less, not just a pause
+                self.rate_factor = throttled(old)
+                cause = f"rate limited again, retry after {throttled_ms} ms"
+            self.last_answer_throttled = True
         elif completed:
             self.rate_factor = recovered(old)
+            self.last_answer_throttled = False
             cause = "success"
         if self.rate_factor == old:
             return None
@@ -240,6 +248,7 @@ class PlatformScheduler:
             "logs": [[list(b) for b in log.buckets] for log in self.logs],
             "paused_until_ms": self.paused_until_ms,
             "rate_factor": self.rate_factor,
+            "last_answer_throttled": self.last_answer_throttled,
         }
 
     def load(self, snapshot: dict[str, Any]) -> None:
@@ -250,6 +259,7 @@ class PlatformScheduler:
             self.logs = [WindowLog(tuple((int(s), int(c)) for s, c in log)) for log in logs]
         self.paused_until_ms = int(snapshot.get("paused_until_ms", 0))
         self.rate_factor = float(snapshot.get("rate_factor", 1.0))
+        self.last_answer_throttled = bool(snapshot.get("last_answer_throttled", False))
 
     # -- internals ----------------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""The demo behind ``make run``: a discovery workload on four rate-limited platforms."""
