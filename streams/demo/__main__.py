@@ -79,7 +79,8 @@ def main() -> int:
         worker.stop()
         if os.environ.get("ORCHESTRATOR_DEMO_KEEP"):
             console.print(
-                f"\nstopped the worker; Kafka stays up (stop it: orchestrator kafka down --data-dir {kafka_dir})"
+                "\nstopped the worker; Kafka stays up "
+                f"(stop it: orchestrator kafka down --data-dir {kafka_dir})"
             )
         elif started_kafka:
             localbroker.down(kafka_dir)
