@@ -146,6 +146,7 @@ def create_runtime(settings: Settings) -> Runtime:
     # faust derives a table's serializers from its types ("json" for bytes); keys must be the
     # raw task id bytes, as on task.events, so that the table and the topic agree on partitions.
     tasks.key_serializer = tasks.value_serializer = "raw"
+    tasks.source_topic = settings.topics.events
     app.tables.add(tasks)
     runtime = Runtime(
         settings=settings,

@@ -24,6 +24,7 @@ import faust
 from aiokafka.errors import IllegalOperation
 from faust.tables.table import Table
 from faust.transport.consumer import TransactionManager
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, AppT, EventT
 from faust.types.tuples import FutureMessage
 
@@ -58,7 +59,13 @@ def gate_of(app: AppT) -> ProcessingGate:
 
 
 class TrackedTable(Table[Any, Any]):
-    """A faust table whose changelog writes are tracked until the next commit."""
+    """A faust table whose changelog writes are tracked until the next commit.
+
+    ``source_topic`` is the topic whose events write the table: its changelog writes belong to
+    the transactions of that topic's partitions (see :class:`SourcePartitionTransactions`).
+    """
+
+    source_topic: str = ""
 
     def send_changelog(self, *args: Any, **kwargs: Any) -> FutureMessage:
         future = super().send_changelog(*args, **kwargs)
@@ -67,7 +74,34 @@ class TrackedTable(Table[Any, Any]):
 
 
 class SourcePartitionTransactions(TransactionManager):
-    """faust's transaction manager, committing only between events and after table writes."""
+    """faust's transaction manager, committing only between events and after table writes.
+
+    Changelog writes join the transaction of their table's *source* partition. faust would pick
+    the transaction of the changelog topic's own topic group, which is not the source topic's
+    when an app has several agents: the write then lands in a transaction that commits only
+    when *that* group consumes something on the partition, possibly never, and its open
+    transaction hides the changelog from ``read_committed`` readers such as table recovery.
+    """
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: Any,
+        *,
+        transactional_id: str | None = None,
+    ) -> Any:
+        source = _changelog_sources(self.app).get(topic)
+        if source is None or partition is None:
+            return await super().send(topic, key, value, partition, timestamp, headers)
+        group = self.app.assignor.group_for_topic(source)
+        transaction = f"{self.app.conf.id}-{group}-{partition}"
+        return await self.producer.send(
+            topic, key, value, partition, timestamp, headers, transactional_id=transaction
+        )
 
     async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
         gate = gate_of(self.app)
@@ -82,6 +116,19 @@ class SourcePartitionTransactions(TransactionManager):
                 return False
 
 
+def _changelog_sources(app: AppT) -> dict[str, str]:
+    """Changelog topic name -> source topic name, for every tracked table of ``app``."""
+    sources: dict[str, str] | None = getattr(app, "_orchestrator_changelog_sources", None)
+    if sources is None:
+        sources = {
+            table.changelog_topic.get_topic_name(): table.source_topic
+            for table in app.tables.values()
+            if isinstance(table, TrackedTable) and table.source_topic
+        }
+        app._orchestrator_changelog_sources = sources  # type: ignore[attr-defined]
+    return sources
+
+
 def transactional_id_for(app: AppT, event: EventT[Any] | None) -> str | None:
     """The transaction of the partition ``event`` was read from (None outside transactions)."""
     if event is None or not app.in_transaction:
@@ -91,6 +138,28 @@ def transactional_id_for(app: AppT, event: EventT[Any] | None) -> str | None:
     return f"{app.conf.id}-{group}-{partition}"
 
 
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """faust's consumer thread, asking the broker for a partition's end (LSO) when recovering.
+
+    Under transactions faust answers "highwater" from the last fetch response, which a
+    partition just assigned has not had: it reads -1, so recovery believes a changelog is empty
+    and restores nothing (or crashes with a ConsistencyError when RocksDB knows better). A
+    ``read_committed`` consumer's ``end_offsets`` asks the broker for the last stable offset.
+    """
+
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        consumer = self._ensure_consumer()
+        ends: Mapping[TP, int] = await consumer.end_offsets(partitions)
+        return ends
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
 def install(app: faust.App) -> None:
-    """Make ``app`` use :class:`SourcePartitionTransactions`; call before the worker starts."""
+    """Make ``app`` use :class:`SourcePartitionTransactions` (and a consumer whose recovery
+    sees the changelogs' real ends); call before the worker starts."""
     app.transport.TransactionManager = SourcePartitionTransactions  # type: ignore[misc]
+    app.transport.Consumer = _Consumer  # type: ignore[misc]

@@ -71,6 +71,7 @@ class SchedulerService:
         )
         for table in (self.platforms, self.queue):
             table.key_serializer = table.value_serializer = "raw"
+            table.source_topic = runtime.settings.topics.ready
             app.tables.add(table)
         self.schedulers: dict[str, PlatformScheduler] = {}
         self.wakeups: dict[str, int] = {}
