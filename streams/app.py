@@ -109,7 +109,7 @@ def create_app(settings: Settings) -> faust.App:
         store="rocksdb://",
         processing_guarantee="exactly_once",
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.replication_factor,
         topic_allow_declare=True,
         datadir=settings.data_dir,
         autodiscover=False,

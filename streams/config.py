@@ -39,6 +39,8 @@ class Settings:
     orchestrators can share one Kafka cluster."""
     partitions: int = 8
     """Partitions of every project topic (all equal, so tables stay co-partitioned)."""
+    replication_factor: int = 1
+    """Replicas of every project topic and changelog (3 with the three-broker compose profile)."""
     default_timeout: float = 300.0
     """How long one attempt of a task may run before it is timed out (alias: ``task_timeout``)."""
     max_retries: int = 3
@@ -110,6 +112,7 @@ _EXTRA_KEYS = {"max_concurrent_tasks"}
 _FIELD_TYPES = {f.name: f.type for f in fields(Settings) if f.name != "extra"}
 _POSITIVE = {
     "partitions",
+    "replication_factor",
     "default_timeout",
     "dependency_wait",
     "web_port",

@@ -24,7 +24,12 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     loop = asyncio.new_event_loop()
     try:
         loop.run_until_complete(
-            ensure_topics(settings.bootstrap_servers, settings.partitions, settings.topics)
+            ensure_topics(
+                settings.bootstrap_servers,
+                settings.partitions,
+                settings.topics,
+                settings.replication_factor,
+            )
         )
     finally:
         loop.close()
