@@ -27,13 +27,16 @@ test: lint ## everything CI runs: ruff, mypy, unit and integration tests
 lint: $(STAMP) ## ruff (lint and format) and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy streams schemas projections
+	$(BIN)/mypy streams schemas projections bench
 
 unit: $(STAMP) ## unit tests only (no broker)
 	$(BIN)/pytest tests/unit
 
 integration: $(STAMP) ## integration tests only (starts its own broker)
 	$(BIN)/pytest tests/integration
+
+bench: $(STAMP) ## benchmarks on a broker of their own: a table, and bench/results/latest.json
+	$(BIN)/python -m bench
 
 kafka-up: $(STAMP) ## start the local broker on 127.0.0.1:9092
 	$(BIN)/orchestrator kafka up
