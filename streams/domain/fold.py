@@ -218,9 +218,13 @@ def _on_registered(state: TaskState | None, event: Event, p: DependencyRegistere
         raise _Refusal(RejectionCode.INVALID_PAYLOAD, "a task cannot be its own dependent")
     if state is None or state.status is Status.AWAITED:
         return _await(state, event, p), ()
-    if state.status in _OUTCOME_OF:
-        return state, (_answer(event, p.dependent_id, _OUTCOME_OF[state.status]),)
+    if state.status is Status.MISSING:  # its dependents were dropped when it was declared missing
+        return state, (_late_answer(state, event, p.dependent_id),)
     task = replace(state, dependents=_with(state.dependents, p.dependent_id))
+    if task.status in _OUTCOME_OF:
+        # recorded even though it is answered at once, so that a task's dependents do not depend
+        # on whether their registrations arrived before or after it ended
+        return task, (_late_answer(task, event, p.dependent_id),)
     if task.status is not Status.PENDING:
         return task, ()
     if task.task_id in p.waiting:
@@ -458,13 +462,30 @@ def _answer_all(task: TaskState, event: Event, outcome: DependencyOutcome) -> tu
     return tuple(_answer(event, dependent, outcome) for dependent in task.dependents)
 
 
-def _answer(event: Event, dependent_id: str, outcome: DependencyOutcome) -> FollowUp:
-    return _follow_up(event, dependent_id, DependencyResolved(event.task_id, outcome))
+def _answer(
+    event: Event, dependent_id: str, outcome: DependencyOutcome, not_before_ms: int | None = None
+) -> FollowUp:
+    payload = DependencyResolved(event.task_id, outcome)
+    return _follow_up(event, dependent_id, payload, not_before_ms)
 
 
-def _follow_up(cause: Event, task_id: str, payload: Payload) -> FollowUp:
+def _late_answer(task: TaskState, event: Event, dependent_id: str) -> FollowUp:
+    """The answer to a registration that arrived after ``task`` ended (or was declared missing).
+
+    It is dated no earlier than that end, as the answer sent at the end would have been: a
+    registration written before the end but delivered after it must not make the dependent
+    ready (or cancelled) before its dependency ended.
+    """
+    ended_at = task.history[-1].at_ms if task.history else event.occurred_at_ms
+    return _answer(event, dependent_id, _OUTCOME_OF[task.status], ended_at)
+
+
+def _follow_up(
+    cause: Event, task_id: str, payload: Payload, not_before_ms: int | None = None
+) -> FollowUp:
     event_id = derived_event_id(cause.event_id, type(payload).__name__, task_id)
-    return FollowUp(Event(event_id, task_id, cause.occurred_at_ms, Source.FOLD, payload))
+    at = cause.occurred_at_ms if not_before_ms is None else max(cause.occurred_at_ms, not_before_ms)
+    return FollowUp(Event(event_id, task_id, at, Source.FOLD, payload))
 
 
 def _enter(task: TaskState, status: Status, event: Event) -> TaskState:

@@ -72,7 +72,8 @@ class TaskState:
 
     Attributes:
         open_dependencies: dependencies not yet resolved (sorted).
-        dependents: tasks waiting for this one to finish (sorted).
+        dependents: tasks that registered as waiting for this one to finish (sorted); kept once
+            it has (not for a missing id: its dependents are told and forgotten).
         waiting: tasks waiting on this one directly or transitively; kept only while the task
             could still be part of a dependency cycle (awaited or pending).
         awaited_until_ms: for an awaited id, when its dependents stop waiting for it.
