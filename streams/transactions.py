@@ -41,6 +41,7 @@ class ProcessingGate:
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
         self.pending_writes: list[FutureMessage] = []
+        self.rebalancing = False
 
     async def drain(self) -> None:
         """Wait until every changelog write made so far was delivered."""
@@ -106,6 +107,11 @@ class SourcePartitionTransactions(TransactionManager):
     async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
         gate = gate_of(self.app)
         async with gate.lock:
+            if gate.rebalancing:
+                # the partitions may already belong to another worker, which restores their
+                # state from the changelog and reads their committed offsets: a commit from here
+                # now could land after it read them, and it would process the events again
+                return False
             await gate.drain()
             try:
                 return await super().commit(offsets, start_new_transaction=start_new_transaction)
@@ -163,3 +169,25 @@ def install(app: faust.App) -> None:
     sees the changelogs' real ends); call before the worker starts."""
     app.transport.TransactionManager = SourcePartitionTransactions  # type: ignore[misc]
     app.transport.Consumer = _Consumer  # type: ignore[misc]
+    gate = gate_of(app)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def commit_then_freeze(app: Any, revoked: Any, **kwargs: Any) -> None:
+        # faust waits for this before the rebalance goes on. Commit what was processed (as
+        # Kafka Streams does on revocation): a transaction left open across the rebalance would
+        # get the outputs of the same events twice, once now and once when they are processed
+        # again after recovery rolls the table back to the changelog. Then no commit until the
+        # new assignment is known.
+        try:
+            # commit() returns without committing if a periodic commit is under way; that one
+            # may not hold the latest events, so commit again, unconditionally
+            await app.consumer.commit()
+            await app.consumer.force_commit()
+        except Exception:
+            log.exception("commit on revocation failed; the new owner processes those events again")
+        async with gate.lock:
+            gate.rebalancing = True
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def thaw_commits(app: Any, assigned: Any, **kwargs: Any) -> None:
+        gate.rebalancing = False

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+from pathlib import Path
 
 import faust
 
@@ -13,6 +15,9 @@ from streams.handlers import load_handler_modules
 from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
+
+CLEAN_STOP_MARKER = "clean-stop"
+"""Written in the data dir when a worker stopped cleanly (its last commit went through)."""
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
@@ -36,5 +41,29 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     load_handler_modules(m.strip() for m in settings.handlers.split(",") if m.strip())
     asyncio.set_event_loop(asyncio.new_event_loop())
     runtime = create_runtime(settings)
+    marker = Path(settings.data_dir) / CLEAN_STOP_MARKER
+    drop_state_after_unclean_stop(Path(runtime.app.conf.tabledir), marker)
     worker = faust.Worker(runtime.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exit_:
+        if exit_.code in (0, None):
+            marker.touch()
+        raise
+
+
+def drop_state_after_unclean_stop(table_dir: Path, marker: Path) -> None:
+    """Delete local table state unless the last run of this data dir stopped cleanly.
+
+    RocksDB keeps every write at once, committed or not; a worker killed between two commits
+    leaves writes whose transaction Kafka aborted. Replaying the changelog from the last
+    persisted offset would keep them (a task created only in the aborted transaction, or an
+    event marked as seen whose outputs were never committed), so after an unclean stop the
+    tables are restored from their changelogs alone, as Kafka Streams does under exactly-once.
+    """
+    if table_dir.exists() and not marker.exists():
+        log.warning(
+            "the last run did not stop cleanly: dropping %s, restoring from changelogs", table_dir
+        )
+        shutil.rmtree(table_dir)
+    marker.unlink(missing_ok=True)

@@ -45,6 +45,9 @@ def register(runtime: Runtime) -> None:
         async for event in stream.events():
             async with gate.lock:
                 await _process(runtime, event)
+                # acknowledged before the gate opens, so a commit never takes the outputs of an
+                # event without its offset
+                await stream.ack(event)
             await runtime.processed.advance(event.message.partition, event.message.offset)
 
 

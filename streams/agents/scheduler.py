@@ -139,6 +139,7 @@ def register(runtime: Runtime) -> SchedulerService:
         async for event in stream.events():
             async with gate.lock:
                 await _process(service, event)
+                await stream.ack(event)  # with its outputs, in the same transaction
 
     @app.timer(interval=0.02, name="scheduler-ticks")  # type: ignore[untyped-decorator]
     async def ticks() -> None:
