@@ -260,15 +260,16 @@ def _summary(
     console.print()
     console.print(table)
     example = view.example(Status.FAILED) or view.example(Status.COMPLETED)
-    console.print("\nWhere to look next:")
+    env = f"ORCHESTRATOR_TOPIC_PREFIX={view.topic_prefix} ORCHESTRATOR_BROKER={bootstrap_servers}"
+    console.print(
+        "\nWhere to look next (ORCHESTRATOR_DEMO_KEEP=1 make run keeps Kafka up for these):"
+    )
     if example:
         console.print(
-            f"  orchestrator status {example} --api-url {worker.api_url}   (while a worker runs)"
+            f"  {env} .venv/bin/orchestrator tail task.events --from-beginning | grep {example}"
         )
-        console.print(
-            f"  orchestrator tail task.events --broker {bootstrap_servers} --from-beginning"
-        )
-    console.print(f"  metrics were at {worker.api_url}/metrics, e.g.:")
+    console.print(f"  {env} .venv/bin/orchestrator tail task.events.dlq --from-beginning")
+    console.print(f"  metrics were served at {worker.api_url}/metrics while the worker ran, e.g.:")
     for line in metrics:
         console.print(f"    {line}")
 
