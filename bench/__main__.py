@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from schemas import decode_event, decode_ready, encode_event
 from streams import localbroker
 from streams.domain import Event, Source, TaskCompleted, TaskCreated, TaskStarted
-from streams.process import WorkerProcess, start_worker
+from streams.process import WorkerProcess, free_port, start_worker
 from streams.topics import TopicNames, ensure_topics
 
 PARTITIONS = 8
@@ -103,7 +103,7 @@ def _worker(bootstrap: str, root: Path, name: str, handlers: bool = False) -> Wo
     worker = start_worker(
         bootstrap,
         root / name,
-        _free_port(),
+        free_port(),
         settings,
         extra_env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )
@@ -244,15 +244,6 @@ async def dependency_latency(
     ]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def run(bootstrap: str, root: Path, args: argparse.Namespace) -> list[Result]:
     results = await fold_and_raw(bootstrap, root, args.events // 3)
     results += await lifecycle(bootstrap, root, args.tasks)
@@ -275,7 +266,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="orchestrator-bench-") as tmp:
         root = Path(tmp)
-        broker = localbroker.up(port=_free_port(), data_dir=root / "kafka")
+        broker = localbroker.up(port=free_port(), data_dir=root / "kafka")
         try:
             results = asyncio.run(run(broker.bootstrap_servers, root, args))
         finally:

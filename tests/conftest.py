@@ -6,13 +6,13 @@ Tests under ``tests/integration/`` are marked ``integration`` automatically; onl
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from streams import localbroker
+from streams.process import free_port
 
 INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
 BROKER_TIMEOUT_S = 120.0
@@ -34,14 +34,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             "these tests use the Kafka broker but are not marked integration: "
             + ", ".join(misplaced)
         )
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="session")

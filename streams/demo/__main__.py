@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import sys
 import time
 import uuid
@@ -30,7 +29,7 @@ from streams.client import SmartScheduler
 from streams.demo.view import LiveView, percentiles
 from streams.domain import Status
 from streams.errors import OrchestratorError
-from streams.process import WorkerProcess, start_worker
+from streams.process import WorkerProcess, free_port, start_worker
 from streams.topics import TopicNames
 
 DEMO_DIR = Path(os.environ.get("ORCHESTRATOR_DEMO_DIR", ".cache/demo"))
@@ -108,7 +107,7 @@ def _start_worker(bootstrap_servers: str, run: str, settings: dict[str, Any]) ->
     return start_worker(
         bootstrap_servers,
         data_dir,
-        _free_port(),
+        free_port(),
         {"handlers": "streams.demo.handlers", "partitions": "4"},
         extra_args=("--config", str(config)),
     )
@@ -272,13 +271,6 @@ def _summary(
     console.print(f"  metrics were served at {worker.api_url}/metrics while the worker ran, e.g.:")
     for line in metrics:
         console.print(f"    {line}")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 if __name__ == "__main__":

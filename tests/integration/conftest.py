@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from streams.process import WorkerProcess, start_worker
+from streams.process import WorkerProcess, free_port, start_worker
 from streams.topics import TopicNames
 
 PARTITIONS = 4
@@ -41,14 +40,6 @@ SCHEDULER_CONFIG: dict[str, Any] = {
     f"{platform('busy')}_rate_limits": {"limits": [{"calls": 1, "period": 3600}]},
     f"{platform('aimd')}_rate_limits": {"limits": [{"calls": 40, "period": 1}]},
 }
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Cluster:

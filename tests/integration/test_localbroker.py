@@ -11,7 +11,7 @@ import pytest
 
 from streams import localbroker
 from streams.errors import LocalBrokerError
-from tests.conftest import free_port
+from streams.process import free_port
 
 pytestmark = pytest.mark.integration
 
