@@ -1,0 +1,174 @@
+"""The log folded record by record: the one place where projections call the pure fold.
+
+Each record of ``task.events`` becomes a :class:`Step`: the event it holds (if it decodes), the
+task's state before and after it, and its :class:`Verdict` (applied, a duplicate, or rejected
+with the reason the live fold agent gives the record when it sends it to the DLQ). The views
+(:mod:`projections.status`, :mod:`projections.audit`, :mod:`projections.platforms`) observe
+steps; none of them folds on its own, so a replay and the live worker run the same function,
+:func:`streams.domain.apply`, on the same records.
+
+The checks done here before :func:`~streams.domain.apply` are the fold agent's own: a record
+that does not decode (``undecodable``, ``unknown_schema``) or whose key is not its task id
+(``key_mismatch``) is refused without touching any state. No Kafka here: records come in as
+:class:`LogRecord` values from :mod:`projections.replay` (or from a test).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from schemas.records import decode_event
+from streams.domain import Event, Rejected, Status, TaskState, apply
+from streams.errors import SchemaError, UnknownSchemaError
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    """Where a record is in the log: partition and offset."""
+
+    partition: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.partition}:{self.offset}"
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One record of ``task.events`` as read from Kafka.
+
+    Attributes:
+        timestamp_ms: the record's Kafka timestamp (what ``--until`` is compared with).
+        key: the record key (the task id as UTF-8 bytes), None if the record has none.
+        value: the single-object encoded event, as written.
+    """
+
+    position: Position
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes
+
+
+class Verdict(StrEnum):
+    """What became of a record when it was folded."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    """An event whose id the task had already seen: it changes nothing (not an error)."""
+    REJECTED = "rejected"
+    """Refused, state unchanged: the live worker sent the record to the DLQ."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One record folded.
+
+    Attributes:
+        task_id: the task the record is filed under: its key (the event's task id when the
+            record has no key).
+        event: the decoded event, None if the record did not decode.
+        before, after: the task's state before and after the record (equal unless applied).
+        reason: for a rejected record, the DLQ reason (``illegal_transition``, ``undecodable``,
+            ...); empty otherwise.
+        detail: the human-readable explanation of the rejection.
+    """
+
+    record: LogRecord
+    task_id: str
+    event: Event | None
+    before: TaskState | None
+    after: TaskState | None
+    verdict: Verdict
+    reason: str = ""
+    detail: str = ""
+
+    @property
+    def entered(self) -> tuple[Status, ...]:
+        """The statuses the task entered because of this record, in order (often none)."""
+        if self.verdict is not Verdict.APPLIED or self.after is None or self.event is None:
+            return ()
+        event_id = self.event.event_id
+        return tuple(t.status for t in self.after.history if t.event_id == event_id)
+
+
+class Projection(Protocol):
+    """A read model fed with every step of a replay, in log order per partition."""
+
+    name: str
+    """The name the CLI's ``--projection`` and the JSON output use."""
+
+    def observe(self, step: Step) -> None:
+        """Take one folded record into account."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The view as a JSON-ready document."""
+
+
+@dataclass
+class LogFold:
+    """Folds records into task states with :func:`streams.domain.apply`, one :class:`Step` each.
+
+    Attributes:
+        states: the state of every task seen so far, by task id (the ``tasks`` table).
+        counts: how many records got each verdict.
+    """
+
+    states: dict[str, TaskState] = field(default_factory=dict)
+    counts: dict[Verdict, int] = field(default_factory=lambda: dict.fromkeys(Verdict, 0))
+
+    def step(self, record: LogRecord) -> Step:
+        """Fold ``record``: decode it, check its key, apply it to its task's state."""
+        key_text = record.key.decode("utf-8", "replace") if record.key is not None else None
+        try:
+            event = decode_event(record.value)
+        except UnknownSchemaError as exc:
+            return self._refused(record, key_text or "", None, "unknown_schema", str(exc))
+        except SchemaError as exc:
+            return self._refused(record, key_text or "", None, "undecodable", str(exc))
+        if key_text is None or record.key != event.task_id.encode("utf-8"):
+            detail = f"key {record.key!r} is not the task id {event.task_id!r}"
+            return self._refused(record, key_text or event.task_id, event, "key_mismatch", detail)
+        before = self.states.get(event.task_id)
+        try:
+            outcome = apply(before, event)
+        except Exception as exc:  # the agent parks such an event too: a bug, not a verdict
+            detail = f"{type(exc).__name__}: {exc}"
+            return self._refused(record, event.task_id, event, "processing_error", detail)
+        rejection = next((e for e in outcome.effects if isinstance(e, Rejected)), None)
+        if rejection is not None:
+            return self._refused(
+                record, event.task_id, event, str(rejection.code), rejection.reason
+            )
+        if outcome.state is before:
+            self.counts[Verdict.DUPLICATE] += 1
+            return Step(record, event.task_id, event, before, before, Verdict.DUPLICATE)
+        if outcome.state is not None:
+            self.states[event.task_id] = outcome.state
+        self.counts[Verdict.APPLIED] += 1
+        return Step(record, event.task_id, event, before, outcome.state, Verdict.APPLIED)
+
+    def _refused(
+        self, record: LogRecord, task_id: str, event: Event | None, reason: str, detail: str
+    ) -> Step:
+        self.counts[Verdict.REJECTED] += 1
+        state = self.states.get(task_id)
+        return Step(record, task_id, event, state, state, Verdict.REJECTED, reason, detail)
+
+
+def feed(
+    records: Iterable[LogRecord], projections: Iterable[Projection], log: LogFold | None = None
+) -> LogFold:
+    """Fold ``records`` in order and show every step to every projection; return the fold.
+
+    Pass ``log`` to continue an earlier fold (a replay in several batches).
+    """
+    fold = log if log is not None else LogFold()
+    views = tuple(projections)
+    for record in records:
+        step = fold.step(record)
+        for view in views:
+            view.observe(step)
+    return fold
