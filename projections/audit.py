@@ -72,17 +72,23 @@ class AuditView:
 
     def __init__(self, task_ids: Iterable[str] | None = None) -> None:
         self._only = frozenset(task_ids) if task_ids is not None else None
-        self._timelines: dict[str, list[TimelineEntry]] = {}
+        # steps, not entries: a step only refers to states the fold keeps anyway, and most
+        # timelines of a full replay are never rendered
+        self._timelines: dict[str, list[Step]] = {}
 
     def observe(self, step: Step) -> None:
         """Append the step to its task's timeline."""
         if self._only is not None and step.task_id not in self._only:
             return
-        self._timelines.setdefault(step.task_id, []).append(entry_of(step))
+        steps = self._timelines.get(step.task_id)
+        if steps is None:
+            self._timelines[step.task_id] = [step]
+        else:
+            steps.append(step)
 
     def timeline(self, task_id: str) -> list[TimelineEntry]:
         """The task's entries in log order (empty if no record was filed under it)."""
-        return list(self._timelines.get(task_id, ()))
+        return [entry_of(step) for step in self._timelines.get(task_id, ())]
 
     def task_ids(self) -> list[str]:
         """Ids of the tasks with a timeline, sorted."""
@@ -92,7 +98,7 @@ class AuditView:
         """``{"timelines": {task_id: [entry, ...]}}``."""
         return {
             "timelines": {
-                task_id: [entry.to_json() for entry in self._timelines[task_id]]
+                task_id: [entry.to_json() for entry in self.timeline(task_id)]
                 for task_id in self.task_ids()
             }
         }

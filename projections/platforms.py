@@ -117,7 +117,9 @@ class PlatformStatsView:
         state = step.after or step.before
         if state is None or not state.platform:
             return
-        tally = self._tallies.setdefault(state.platform, PlatformTally())
+        tally = self._tallies.get(state.platform)
+        if tally is None:
+            tally = self._tallies[state.platform] = PlatformTally()
         if step.verdict is Verdict.REJECTED:
             tally.rejected[step.reason] += 1
             return

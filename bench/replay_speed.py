@@ -1,0 +1,132 @@
+"""``python -m bench.replay_speed``: how fast the offline replay folds ``task.events``.
+
+Fills a fresh topic with ``--events`` events (created, started, completed per task, a task in
+five depending on an earlier one), then runs :func:`projections.replay.replay` over it with
+every projection, and prints the records folded per second (the read from Kafka, decoding, the
+fold and the views, connection set-up excluded) next to a plain read-and-decode of the same
+records, the upper bound. With ``--broker`` it uses that broker (on topics of its own);
+otherwise it starts one of its own on a free port and stops it afterwards.
+
+:func:`measure` is the API (``bench/__main__.py`` may call it with a broker it started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from projections.replay import replay
+from schemas import decode_event, encode_event
+from streams import localbroker
+from streams.domain import Event, Source, TaskCompleted, TaskCreated, TaskStarted
+from streams.process import free_port
+from streams.topics import TopicNames, ensure_topics
+
+PARTITIONS = 8
+
+
+def _events(count: int) -> list[Event]:
+    at = int(time.time() * 1000)
+    events: list[Event] = []
+    for i in range(count // 3 + 1):
+        tid = f"t{i}"
+        dependencies = (f"t{i // 2}",) if i % 5 == 4 else ()
+        created = TaskCreated("bench", "bench", tid, 5, dependencies, 600_000, 1, 0, 600_000, 1)
+        for payload in (created, TaskStarted(), TaskCompleted(b'{"ok":true}')):
+            events.append(Event(str(uuid.uuid4()), tid, at, Source.CLIENT, payload))
+            at += 1
+    return events[:count]
+
+
+async def _fill(bootstrap: str, topic: str, events: list[Event]) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=512_000
+    )
+    await producer.start()
+    try:
+        for event in events:
+            await producer.send(topic, encode_event(event), key=event.task_id.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def _read_and_decode(bootstrap: str, topic: str, wanted: int) -> float:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        group_id=None,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
+    await consumer.start()
+    seen = 0
+    try:
+        await consumer.getmany(timeout_ms=0)  # join the topic before the clock starts
+        started = time.monotonic()
+        while seen < wanted:
+            batches = await consumer.getmany(timeout_ms=500, max_records=50_000)
+            for records in batches.values():
+                for record in records:
+                    decode_event(record.value or b"")
+                seen += len(records)
+    finally:
+        await consumer.stop()
+    return time.monotonic() - started
+
+
+async def measure(bootstrap: str, events: int = 100_000) -> dict[str, Any]:
+    """Fill a fresh topic on ``bootstrap`` with ``events`` events; replay it; return the figures.
+
+    Returns:
+        ``replay_events_per_s`` (every projection fed), ``replay_status_only_events_per_s``,
+        ``read_and_decode_events_per_s`` (no fold), the event count and the seconds of each.
+    """
+    topics = TopicNames(f"replay-bench-{uuid.uuid4().hex[:6]}.")
+    await ensure_topics(bootstrap, PARTITIONS, topics)
+    await _fill(bootstrap, topics.events, _events(events))
+    full = await replay(bootstrap, topics.events)
+    from projections.status import TaskStatusView
+
+    status_only = await replay(bootstrap, topics.events, projections=[TaskStatusView()])
+    raw_s = await _read_and_decode(bootstrap, topics.events, events)
+    assert full.records == status_only.records == events, (full.records, status_only.records)
+    return {
+        "events": events,
+        "replay_events_per_s": round(full.events_per_s),
+        "replay_s": round(full.elapsed_s, 3),
+        "replay_status_only_events_per_s": round(status_only.events_per_s),
+        "read_and_decode_events_per_s": round(events / raw_s),
+        "read_and_decode_s": round(raw_s, 3),
+        "tasks": len(full.log.states),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.replay_speed", description=__doc__)
+    parser.add_argument("--broker", help="use this broker (default: start one of our own)")
+    parser.add_argument("--events", type=int, default=100_000)
+    args = parser.parse_args()
+    if args.broker:
+        print(json.dumps(asyncio.run(measure(args.broker, args.events)), indent=2))
+        return
+    with tempfile.TemporaryDirectory(prefix="replay-bench-") as root:
+        info = localbroker.up(port=free_port(), data_dir=Path(root) / "kafka", timeout_s=120)
+        try:
+            print(json.dumps(asyncio.run(measure(info.bootstrap_servers, args.events)), indent=2))
+        finally:
+            localbroker.down(Path(root) / "kafka")
+
+
+if __name__ == "__main__":
+    main()
