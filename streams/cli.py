@@ -118,7 +118,45 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--max", type=int, default=None, help="stop after this many records")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     tail.set_defaults(handler=_tail)
+    _projection_commands(commands)
     return parser
+
+
+def _projection_commands(commands: Any) -> None:
+    until_help = "stop at this instant: ISO-8601 (UTC if it has no timezone) or epoch milliseconds"
+    replay = commands.add_parser(
+        "replay", help="fold task.events afresh: task status, audit timelines, platform stats"
+    )
+    _common_options(replay)
+    replay.add_argument("--until", metavar="TIME", help=until_help)
+    replay.add_argument(
+        "--projection",
+        action="append",
+        default=[],
+        choices=["status", "audit", "platforms"],
+        help="build only this view (repeatable; default: all)",
+    )
+    replay.add_argument(
+        "--out", type=Path, metavar="FILE", help="write the views as JSON to FILE ('-': stdout)"
+    )
+    replay.set_defaults(handler=_replay)
+
+    audit = commands.add_parser("audit", help="a task's history: every record, in log order")
+    _common_options(audit)
+    audit.add_argument("task_id")
+    audit.add_argument("--until", metavar="TIME", help=until_help)
+    audit.add_argument("--json", action="store_true", help="print JSON")
+    audit.set_defaults(handler=_audit)
+
+    verify = commands.add_parser(
+        "verify", help="compare the workers' live tasks table with a fresh fold of the log"
+    )
+    _common_options(verify)
+    verify.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for every partition's worker"
+    )
+    verify.add_argument("--json", action="store_true", help="print JSON")
+    verify.set_defaults(handler=_verify)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -277,6 +315,42 @@ def _tail(args: argparse.Namespace) -> int:
     from streams.tail import tail
 
     return asyncio.run(tail(_settings(args), args.topic, args.from_beginning, args.max, args.json))
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from projections.console import replay_command
+
+    settings = _settings(args)
+    until = _instant(args.until)
+    return replay_command(
+        settings.bootstrap_servers, settings.topics.events, until, args.projection, args.out
+    )
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from projections.console import audit_command
+
+    settings = _settings(args)
+    until = _instant(args.until)
+    return audit_command(
+        settings.bootstrap_servers, settings.topics.events, args.task_id, until, args.json
+    )
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from projections.console import verify_command
+
+    settings = _settings(args)
+    events = settings.topics.events
+    return verify_command(
+        settings.bootstrap_servers, events, settings.api_url, args.timeout, args.json
+    )
+
+
+def _instant(text: str | None) -> Any:
+    from projections.instants import parse_instant
+
+    return parse_instant(text) if text is not None else None
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -11,8 +11,9 @@ Routes:
     GET /tasks/{task_id}/result  the result (409 not completed, 410 expired)
     GET /limits/{platform}       the platform's limit status (windows, pause, in flight, queue)
     GET /metrics                 Prometheus metrics of this worker
-    GET /state                   every task of the partitions this worker owns, in full
-                                 (``orchestrator verify`` compares it with a fresh fold)
+    GET /state                   every task of the partitions this worker owns, in full, with
+                                 the log offsets the table reflects (``orchestrator verify``
+                                 compares it with a fold of the log up to those offsets)
     GET /router/topics           faust's own: which worker owns which partitions
 """
 
@@ -22,9 +23,12 @@ import base64
 import time
 from typing import Any
 
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from streams import transactions
 from streams.app import Runtime
 from streams.domain import Status, TaskState, state_from_json, state_to_dict
 
@@ -104,21 +108,77 @@ def register_limits_view(runtime: Runtime) -> None:
 
 
 def register_state_view(runtime: Runtime) -> None:
-    """Add ``GET /state``: the full states of the tasks in this worker's active partitions."""
+    """Add ``GET /state``: the full states of the tasks in this worker's active partitions.
+
+    The answer is exact, for ``orchestrator verify``: it is taken between two events (under the
+    processing gate, so no event is half-applied and no commit is under way), and ``offsets``
+    says, per owned partition of ``task.events``, the offset of the last record the table
+    reflects (-1: none). That is the last offset the fold processed since this worker got the
+    partition, or else the offset before the group's committed one (the table was restored from
+    the changelog, which commits with those offsets). A fold of the log up to those offsets
+    must give exactly ``tasks``. While the worker rebalances or restores its tables the answer
+    is ``503 not_ready``: ask again.
+    """
     app = runtime.app
+    gate = transactions.gate_of(app)
 
     @app.page("/state")
     async def table_state(self: View, request: Request) -> Response:
-        owned = sorted(
-            tp.partition
-            for tp in app.assignor.assigned_actives()
-            if tp.topic == runtime.settings.topics.events
+        generation = app.consumer_generation_id
+        owned = _owned_partitions(runtime)
+        if _is_settling(app):
+            return _not_ready(self)
+        committed = await _committed_offsets(runtime, owned)
+        async with gate.lock:
+            if (
+                _is_settling(app)
+                or generation != app.consumer_generation_id
+                or owned != _owned_partitions(runtime)
+            ):
+                return _not_ready(self)
+            offsets = {
+                str(p): max(runtime.processed.get(p), committed.get(p, -1) - 1) for p in owned
+            }
+            tasks = {
+                key.decode("utf-8"): state_to_dict(state_from_json(value))
+                for key, value in runtime.tasks.items()
+            }
+        return self.json({"partitions": owned, "offsets": offsets, "tasks": tasks})
+
+
+def _owned_partitions(runtime: Runtime) -> list[int]:
+    return sorted(
+        tp.partition
+        for tp in runtime.app.assignor.assigned_actives()
+        if tp.topic == runtime.settings.topics.events
+    )
+
+
+def _is_settling(app: Any) -> bool:
+    """True while the worker rebalances or restores its tables: its table is not the log's."""
+    return bool(app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set())
+
+
+def _not_ready(view: View) -> Response:
+    detail = "the worker is rebalancing or restoring its tables; ask again"
+    return view.json({"error": "not_ready", "detail": detail}, status=503)
+
+
+async def _committed_offsets(runtime: Runtime, partitions: list[int]) -> dict[int, int]:
+    """The consumer group's committed offsets of ``partitions`` of ``task.events`` (-1: none)."""
+    if not partitions:
+        return {}
+    settings = runtime.settings
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    try:
+        await admin.start()
+        found = await admin.list_consumer_group_offsets(
+            runtime.app.conf.id,
+            partitions=[TopicPartition(settings.topics.events, p) for p in partitions],
         )
-        tasks = {
-            key.decode("utf-8"): state_to_dict(state_from_json(value))
-            for key, value in runtime.tasks.items()
-        }
-        return self.json({"partitions": owned, "tasks": tasks})
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in found.items()}
 
 
 def status_document(state: TaskState) -> dict[str, Any]:
