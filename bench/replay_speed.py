@@ -1,10 +1,11 @@
 """``python -m bench.replay_speed``: how fast the offline replay folds ``task.events``.
 
-Fills a fresh topic with ``--events`` events (created, started, completed per task), then runs :func:`projections.replay.replay` over it with
-every projection, and prints the records folded per second (the read from Kafka, decoding, the
-fold and the views, connection set-up excluded) next to a plain read-and-decode of the same
-records, the upper bound. With ``--broker`` it uses that broker (on topics of its own);
-otherwise it starts one of its own on a free port and stops it afterwards.
+Fills a fresh topic with ``--events`` events (created, started, completed per task), then runs
+:func:`projections.replay.replay` over it with every projection, and prints the records folded
+per second (the read from Kafka, decoding, the fold and the views; connection set-up excluded)
+next to a plain read-and-decode of the same records, the upper bound. With ``--broker`` it uses
+that broker (on topics of its own); otherwise it starts one of its own on a free port and stops
+it afterwards.
 
 :func:`measure` is the API (``bench/__main__.py`` may call it with a broker it started).
 """
