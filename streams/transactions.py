@@ -30,6 +30,9 @@ from faust.types.tuples import FutureMessage
 
 log = logging.getLogger(__name__)
 
+STUCK_WRITE_S = 10.0
+"""How long a commit waits for a changelog write before it reports the write as stuck."""
+
 
 class ProcessingGate:
     """Held while one event is processed; a commit waits for it, so commits fall between events.
@@ -43,11 +46,44 @@ class ProcessingGate:
         self.pending_writes: list[FutureMessage] = []
         self.rebalancing = False
 
-    async def drain(self) -> None:
-        """Wait until every changelog write made so far was delivered."""
+    async def drain(self, app: AppT) -> None:
+        """Wait until every changelog write made so far was delivered.
+
+        A write that is not delivered within :data:`STUCK_WRITE_S` is logged, with the state of
+        every transactional producer, once per stall: a stall here holds the commit, and Kafka
+        aborts a transaction left open for its timeout (60 s).
+        """
         while self.pending_writes:
             writes, self.pending_writes = self.pending_writes, []
-            await asyncio.gather(*writes)
+            delivered = asyncio.gather(*writes)
+            try:
+                await asyncio.wait_for(asyncio.shield(delivered), STUCK_WRITE_S)
+            except TimeoutError:
+                log.error(
+                    "changelog writes not delivered after %.0f s: %s",
+                    STUCK_WRITE_S,
+                    describe_producers(app),
+                )
+                await delivered
+
+
+def describe_producers(app: AppT) -> str:
+    """The state of each transactional producer of ``app``, for diagnosing a stalled commit."""
+    producers: dict[str, Any] = getattr(app.producer, "_transaction_producers", {})
+    parts = []
+    for transactional_id, producer in sorted(producers.items()):
+        manager = producer._txn_manager
+        accumulator = producer._message_accumulator
+        parts.append(
+            f"{transactional_id}: state={manager.state.name}"
+            f" pending_partitions={sorted(map(str, manager._pending_txn_partitions))}"
+            f" partitions={len(manager._txn_partitions)}"
+            f" pending_offsets={len(manager._pending_txn_offsets)}"
+            f" batches={sum(len(b) for b in accumulator._batches.values())}"
+            f" muted={sorted(map(str, producer._sender._muted_partitions))}"
+            f" in_flight={sorted(producer._sender._in_flight)}"
+        )
+    return "; ".join(parts) or "no transactional producers"
 
 
 def gate_of(app: AppT) -> ProcessingGate:
@@ -105,21 +141,15 @@ class SourcePartitionTransactions(TransactionManager):
         )
 
     async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
-        gate = gate_of(self.app)
-        async with gate.lock:
-            if gate.rebalancing:
-                # the partitions may already belong to another worker, which restores their
-                # state from the changelog and reads their committed offsets: a commit from here
-                # now could land after it read them, and it would process the events again
-                return False
-            await gate.drain()
-            try:
-                return await super().commit(offsets, start_new_transaction=start_new_transaction)
-            except IllegalOperation as exc:
-                # faust's periodic commit can run after the stop-time commit ended the
-                # transactions; nothing was sent since, so nothing is lost by skipping it
-                log.info("commit skipped: %s", exc)
-                return False
+        # called by _Consumer._commit_tps, which holds the processing gate
+        await gate_of(self.app).drain(self.app)
+        try:
+            return await super().commit(offsets, start_new_transaction=start_new_transaction)
+        except IllegalOperation as exc:
+            # faust's periodic commit can run after the stop-time commit ended the
+            # transactions; nothing was sent since, so nothing is lost by skipping it
+            log.info("commit skipped: %s", exc)
+            return False
 
 
 def _changelog_sources(app: AppT) -> dict[str, str]:
@@ -160,8 +190,46 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _Consumer(faust_aiokafka.Consumer):
+    """faust's consumer, committing only between events, and everything before a revocation.
+
+    Every commit holds the processing gate from the moment it reads the acknowledged offsets
+    until the transactions are committed, so it carries exactly the events whose outputs are in
+    those transactions (faust reads the offsets first and commits later, and events processed
+    in between had their outputs committed without their offsets).
+    """
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _commit_tps(self, tps: Any, start_new_transaction: bool) -> bool:
+        gate = gate_of(self.app)
+        async with gate.lock:
+            if gate.rebalancing:
+                # the partitions may already belong to another worker, which restores their
+                # state from the changelog and reads their committed offsets: a commit from here
+                # now could land after it read them, and it would process the events again
+                return False
+            # every partition with acknowledged events, not only those read before the gate
+            return await super()._commit_tps(list(self._acked), start_new_transaction)
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        # faust forgets the acknowledged offsets of revoked partitions first thing, before any
+        # callback could commit them: the open transactions would keep the outputs of those
+        # events, the next commit would carry them out with the outputs of the same events
+        # processed again, and while open they hold back the changelogs' stable offsets (the
+        # crash test found duplicates and 12 s recovery stalls from this). So commit them
+        # first, between two events. Nothing runs between the end of this block and faust's
+        # bookkeeping in super(), which does not wait before it drops the offsets.
+        gate = gate_of(self.app)
+        async with gate.lock:
+            if not gate.rebalancing and self._acked:
+                try:
+                    await faust_aiokafka.Consumer._commit_tps(
+                        self, list(self._acked), start_new_transaction=True
+                    )
+                except Exception:
+                    log.exception("commit before revocation failed; those events run again")
+        await super().on_partitions_revoked(revoked)
 
 
 def install(app: faust.App) -> None:
@@ -173,11 +241,10 @@ def install(app: faust.App) -> None:
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def commit_then_freeze(app: Any, revoked: Any, **kwargs: Any) -> None:
-        # faust waits for this before the rebalance goes on. Commit what was processed (as
-        # Kafka Streams does on revocation): a transaction left open across the rebalance would
-        # get the outputs of the same events twice, once now and once when they are processed
-        # again after recovery rolls the table back to the changelog. Then no commit until the
-        # new assignment is known.
+        # faust calls this after the agents finished their last events. Commit those (events
+        # processed after _Consumer.on_partitions_revoked committed), as Kafka Streams does on
+        # revocation, so no transaction stays open across the rebalance; then no commit until
+        # the new assignment is known.
         try:
             # commit() returns without committing if a periodic commit is under way; that one
             # may not hold the latest events, so commit again, unconditionally

@@ -9,6 +9,8 @@ came from (see ``streams.transactions``). Nothing here decides anything about a 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from typing import Any
 
 from faust.types import EventT, StreamT
@@ -33,6 +35,9 @@ from streams.domain.timers import next_deadline
 from streams.errors import SchemaError, UnknownSchemaError
 
 log = logging.getLogger(__name__)
+
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}".encode()
+"""The ``worker`` header of every output: which process wrote it."""
 
 
 def register(runtime: Runtime) -> None:
@@ -90,6 +95,14 @@ class _Outbox:
         self._event = event
         self._transaction = transactions.transactional_id_for(runtime.app, event)
         self._event_time_ms = int(event.message.timestamp * 1000)
+        message = event.message
+        # where each output came from: an audit can trace any record back to its event
+        self._provenance = [
+            ("source.topic", message.topic.encode()),
+            ("source.partition", str(message.partition).encode()),
+            ("source.offset", str(message.offset).encode()),
+            ("worker", WORKER_ID),
+        ]
 
     async def carry_out(self, effect: Effect) -> None:
         if isinstance(effect, ReadyToSchedule):
@@ -110,13 +123,7 @@ class _Outbox:
     async def dead_letter(self, reason: str, detail: str) -> None:
         self._metrics.dlq.labels(reason).inc()
         message = self._event.message
-        headers = [
-            ("reason", reason.encode()),
-            ("detail", detail.encode()),
-            ("source.topic", message.topic.encode()),
-            ("source.partition", str(message.partition).encode()),
-            ("source.offset", str(message.offset).encode()),
-        ]
+        headers = [("reason", reason.encode()), ("detail", detail.encode())]
         log.warning(
             "dead-lettered %s[%d]@%d: %s: %s",
             message.topic,
@@ -135,5 +142,11 @@ class _Outbox:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         await self._app.producer.send(
-            topic, key, value, None, None, headers, transactional_id=self._transaction
+            topic,
+            key,
+            value,
+            None,
+            None,
+            [*(headers or ()), *self._provenance],
+            transactional_id=self._transaction,
         )
