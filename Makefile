@@ -4,6 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.installed-bench-stamp
 
 .PHONY: help run test lint unit integration bench kafka-up kafka-status kafka-down clean
 
@@ -17,6 +18,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# the bench extra (quixstreams, py-spy) on top of dev, only for `make bench`
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
 
 run: $(STAMP) ## the main job: local Kafka, a worker and a demo workload
 	$(BIN)/python -m streams.demo
@@ -35,7 +41,7 @@ unit: $(STAMP) ## unit tests only (no broker)
 integration: $(STAMP) ## integration tests only (starts its own broker)
 	$(BIN)/pytest tests/integration
 
-bench: $(STAMP) ## benchmarks on a broker of their own: a table, and bench/results/latest.json
+bench: $(BENCH_STAMP) ## benchmarks (with the quixstreams peer) on a broker of their own: a table, and bench/results/latest.json
 	$(BIN)/python -m bench
 
 kafka-up: $(STAMP) ## start the local broker on 127.0.0.1:9092

@@ -1,0 +1,123 @@
+"""Whole-path cases: tasks through creation, scheduling, a handler and completion, and the latency
+of a dependency signal at half of that load."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from bench.workload import Result, count_until, created, event, produce_events, start, unique
+from schemas import decode_ready, encode_event
+from streams.domain import TaskCompleted, TaskStarted
+from streams.topics import TopicNames
+
+
+async def lifecycle(bootstrap: str, root: Path, tasks: int) -> list[Result]:
+    """Tasks/s from creation to ``task.completed``: ready, dispatched, a no-op handler, completed.
+
+    Timed from the first write of the ``TaskCreated`` events to the last committed completion,
+    with the worker already running; no rate limits.
+    """
+    name = unique("life")
+    topics = TopicNames(f"{name}.")
+    worker = start(bootstrap, root, name, handlers=True)
+    try:
+        started = time.monotonic()
+        await produce_events(
+            bootstrap,
+            topics.events,
+            (created(f"t{i}", task_type="bench_noop") for i in range(tasks)),
+        )
+        await count_until(bootstrap, topics.completed, tasks, timeout_s=1800)
+        elapsed = time.monotonic() - started
+    finally:
+        worker.stop()
+    return [Result("lifecycle_tasks_per_s", round(tasks / elapsed, 1), "tasks/s")]
+
+
+async def dependency_latency(
+    bootstrap: str, root: Path, lifecycle_tasks_per_s: float, load: float, duration_s: float
+) -> list[Result]:
+    """Milliseconds from a task's ``TaskCompleted`` write to a ``read_committed`` reader of
+    ``task.ready`` receiving its dependent, with dependents created at ``load`` (a fraction) of
+    the measured ``lifecycle_tasks_per_s``.
+
+    Every tick creates a pair (A, then B depending on A) and completes the A created half a
+    second earlier (started, completed: a caller driving its own task), so the worker folds
+    six events per pair (the two creations, start, completion, B's registration at A and A's
+    answer to B) while the latencies are taken.
+    """
+    dependents_per_s = lifecycle_tasks_per_s * load
+    name = unique("dep")
+    topics = TopicNames(f"{name}.")
+    worker = start(bootstrap, root, name)
+    pairs = max(int(dependents_per_s * duration_s), 100)
+    lag = max(int(dependents_per_s / 2), 1)
+    completed_at: dict[str, float] = {}
+    latencies: list[float] = []
+    try:
+        consumer = AIOKafkaConsumer(
+            topics.ready,
+            bootstrap_servers=bootstrap,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            group_id=None,
+        )
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+        await consumer.start()
+        await producer.start()
+        try:
+
+            async def send(task_id: str, payload: object) -> None:
+                value = encode_event(event(task_id, payload))  # type: ignore[arg-type]
+                await producer.send(topics.events, value, key=task_id.encode())
+
+            async def drive() -> None:
+                begin = time.monotonic()
+                for i in range(pairs + lag):
+                    await asyncio.sleep(max(0.0, begin + i / dependents_per_s - time.monotonic()))
+                    if i < pairs:
+                        a, b = f"a{i}", f"b{i}"
+                        await producer.send(topics.events, encode_event(created(a)), key=a.encode())
+                        value = encode_event(created(b, (a,)))
+                        await producer.send(topics.events, value, key=b.encode())
+                    if i >= lag:
+                        j = i - lag
+                        await send(f"a{j}", TaskStarted())
+                        completed_at[f"b{j}"] = time.time()
+                        await send(f"a{j}", TaskCompleted(b"{}"))
+
+            driver = asyncio.create_task(drive())
+            deadline = time.monotonic() + duration_s + 600
+            while len(latencies) < pairs and time.monotonic() < deadline:
+                batches = await consumer.getmany(timeout_ms=100)
+                now = time.time()
+                for records in batches.values():
+                    for record in records:
+                        task_id = decode_ready(record.value or b"").task_id
+                        if task_id in completed_at:
+                            latencies.append((now - completed_at.pop(task_id)) * 1000)
+            await driver
+        finally:
+            await producer.stop()
+            await consumer.stop()
+    finally:
+        worker.stop()
+    if len(latencies) < pairs:
+        raise RuntimeError(f"only {len(latencies)} of {pairs} dependents became ready")
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    return [
+        Result(
+            "dependency_load_dependents_per_s",
+            round(dependents_per_s, 1),
+            "tasks/s",
+            "lifecycle_tasks_per_s",
+            round(dependents_per_s / lifecycle_tasks_per_s, 3),
+        ),
+        Result("dependency_latency_ms_p50", round(cuts[49], 1), "ms"),
+        Result("dependency_latency_ms_p99", round(cuts[98], 1), "ms"),
+    ]
