@@ -126,6 +126,7 @@ def create_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
         producer_max_request_size=2_000_000,
+        producer_linger=0.05,
     )
     transactions.install(app)
     return app
