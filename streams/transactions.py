@@ -22,10 +22,11 @@ from typing import Any
 
 import faust
 from aiokafka.errors import IllegalOperation
+from faust.tables.recovery import Recovery
 from faust.tables.table import Table
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, AppT, EventT
+from faust.types import TP, AppT, EventT, StreamT
 from faust.types.tuples import FutureMessage
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,31 @@ class ProcessingGate:
         self.lock = asyncio.Lock()
         self.pending_writes: list[FutureMessage] = []
         self.rebalancing = False
+        self.processed: dict[TP, int] = {}
+        """The last offset processed under the gate, per partition, since the assignment."""
+        self.ready_generation: int | None = None
+        """The consumer generation whose table recovery completed last (None while rebalancing)."""
+
+    def accepts(self, app: AppT) -> bool:
+        """May an event be processed now (call while holding the gate)?
+
+        Only once the tables are restored for the current assignment. faust can resume the
+        streams of a recovery that a newer rebalance has overtaken (it checks the generation
+        before seeking to the committed offsets, not after); events processed then, on state
+        that the next recovery overwrites with older changelog values, were lost in the crash
+        test. An event refused here is read again from the committed offset once the current
+        recovery ends.
+        """
+        return not self.rebalancing and self.ready_generation == app.consumer_generation_id
+
+    async def done(self, stream: StreamT[Any], event: EventT[Any]) -> None:
+        """Record that ``event`` was processed (call while holding the gate).
+
+        The next commit takes exactly the offsets recorded here, with the outputs of those
+        events: see :meth:`_Consumer._filter_committable_offsets`.
+        """
+        await stream.ack(event)
+        self.processed[event.message.tp] = event.message.offset
 
     async def drain(self, app: AppT) -> None:
         """Wait until every changelog write made so far was delivered.
@@ -209,8 +235,38 @@ class _Consumer(faust_aiokafka.Consumer):
                 # state from the changelog and reads their committed offsets: a commit from here
                 # now could land after it read them, and it would process the events again
                 return False
-            # every partition with acknowledged events, not only those read before the gate
-            return await super()._commit_tps(list(self._acked), start_new_transaction)
+            # every partition with processed events, not only those read before the gate
+            tps = {*self._acked, *gate.processed}
+            return await super()._commit_tps(list(tps), start_new_transaction)
+
+    def _filter_committable_offsets(self, tps: Any) -> dict[TP, int]:
+        """The offsets to commit: for partitions read under the gate, the agent's own count.
+
+        faust derives offsets from acknowledgements, filling the gaps left by transaction
+        markers with guesses; the crash test caught it committing past events the agent had
+        not processed. Partitions processed under the gate need no guess: every event up to
+        the recorded offset was processed, its outputs are in the open transaction, and the
+        gate is held, so nothing moves while the offsets are read.
+        """
+        gate = gate_of(self.app)
+        offsets = super()._filter_committable_offsets(tps)
+        for tp, last in gate.processed.items():
+            guessed = offsets.pop(tp, None)
+            if guessed is not None and guessed > last + 1:
+                log.warning(
+                    "faust would commit %s at %d, past the last event processed (%d)",
+                    tp,
+                    guessed,
+                    last,
+                )
+            # faust's bookkeeping for these partitions is not used: keep it from growing
+            self._acked.pop(tp, None)
+            self._acked_index.pop(tp, None)
+            self._gap.pop(tp, None)
+            committed = self._committed_offset[tp]
+            if committed is None or last + 1 > committed:
+                offsets[tp] = last + 1
+        return offsets
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         # faust forgets the acknowledged offsets of revoked partitions first thing, before any
@@ -222,14 +278,40 @@ class _Consumer(faust_aiokafka.Consumer):
         # bookkeeping in super(), which does not wait before it drops the offsets.
         gate = gate_of(self.app)
         async with gate.lock:
-            if not gate.rebalancing and self._acked:
+            if not gate.rebalancing and (self._acked or gate.processed):
                 try:
                     await faust_aiokafka.Consumer._commit_tps(
-                        self, list(self._acked), start_new_transaction=True
+                        self, list({*self._acked, *gate.processed}), start_new_transaction=True
                     )
                 except Exception:
                     log.exception("commit before revocation failed; those events run again")
+            for tp in revoked:
+                gate.processed.pop(tp, None)
         await super().on_partitions_revoked(revoked)
+
+
+class _Recovery(Recovery):
+    """faust's table recovery, telling the gate which generation's recovery completed."""
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        await super().on_recovery_completed(generation_id)
+        self._mark_ready(generation_id)
+
+    async def _resume_streams(self, generation_id: int = 0) -> None:
+        await super()._resume_streams(generation_id)
+        self._mark_ready(generation_id)
+
+    def _mark_ready(self, generation_id: int) -> None:
+        # super() waited for the seek to the committed offsets: a newer rebalance may have
+        # begun meanwhile, and then this recovery's state is not the one to process with
+        if self.app.consumer_generation_id == generation_id:
+            gate_of(self.app).ready_generation = generation_id
+        else:
+            log.info(
+                "recovery of generation %d overtaken by generation %d: not processing yet",
+                generation_id,
+                self.app.consumer_generation_id,
+            )
 
 
 def install(app: faust.App) -> None:
@@ -237,6 +319,9 @@ def install(app: faust.App) -> None:
     sees the changelogs' real ends); call before the worker starts."""
     app.transport.TransactionManager = SourcePartitionTransactions  # type: ignore[misc]
     app.transport.Consumer = _Consumer  # type: ignore[misc]
+    app.tables._recovery = _Recovery(  # type: ignore[attr-defined]
+        app, app.tables, beacon=app.tables.beacon, loop=app.tables.loop
+    )
     gate = gate_of(app)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
@@ -254,7 +339,11 @@ def install(app: faust.App) -> None:
             log.exception("commit on revocation failed; the new owner processes those events again")
         async with gate.lock:
             gate.rebalancing = True
+            gate.ready_generation = None
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def thaw_commits(app: Any, assigned: Any, **kwargs: Any) -> None:
+        # processing starts again from the committed offsets of the new assignment: what was
+        # processed before and not committed is processed again, on the restored state
+        gate.processed.clear()
         gate.rebalancing = False

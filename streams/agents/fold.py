@@ -49,10 +49,14 @@ def register(runtime: Runtime) -> None:
     async def fold_events(stream: StreamT[Any]) -> None:
         async for event in stream.events():
             async with gate.lock:
+                if not gate.accepts(app):
+                    # tables not restored for this assignment yet: read again after recovery
+                    await stream.ack(event)
+                    continue
                 await _process(runtime, event)
-                # acknowledged before the gate opens, so a commit never takes the outputs of an
+                # recorded before the gate opens, so a commit never takes the outputs of an
                 # event without its offset
-                await stream.ack(event)
+                await gate.done(stream, event)
             await runtime.processed.advance(event.message.partition, event.message.offset)
 
 

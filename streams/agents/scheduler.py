@@ -138,8 +138,12 @@ def register(runtime: Runtime) -> SchedulerService:
     async def schedule(stream: StreamT[Any]) -> None:
         async for event in stream.events():
             async with gate.lock:
+                if not gate.accepts(app):
+                    # tables not restored for this assignment yet: read again after recovery
+                    await stream.ack(event)
+                    continue
                 await _process(service, event)
-                await stream.ack(event)  # with its outputs, in the same transaction
+                await gate.done(stream, event)  # with its outputs, in the same transaction
 
     @app.timer(interval=0.02, name="scheduler-ticks")  # type: ignore[untyped-decorator]
     async def ticks() -> None:

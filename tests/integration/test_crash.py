@@ -19,7 +19,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from schemas import decode_completed, decode_ready, encode_event
+from schemas import decode_completed, decode_event, decode_ready, encode_event
 from streams.domain import Event, Source, TaskCompleted, TaskCreated, TaskStarted
 from tests.integration.conftest import PARTITIONS, Cluster
 from tests.integration.kafka_io import Follower, read_to_end
@@ -133,6 +133,9 @@ async def test_two_workers_one_killed_mid_workload_lose_and_duplicate_nothing(
         for record in records:
             if decode(record.value or b"").task_id in twice:
                 print(f"  {name} twice: {_provenance(record)}")
+    missing = sorted((mine - ready_counts.keys()) | (mine - completed_counts.keys()))
+    if missing:
+        await _print_histories(bootstrap_servers, cluster, missing[:4])
     assert killed == list(KILLS_AFTER_COMPLETED)
     assert report["ready_missing"] == 0, report
     assert report["completed_missing"] == 0, report
@@ -149,3 +152,23 @@ def _provenance(record: Any) -> str:
         f"from {headers.get('source.topic')}[{headers.get('source.partition')}]"
         f"@{headers.get('source.offset')} by {headers.get('worker')}"
     )
+
+
+async def _print_histories(bootstrap_servers: str, cluster: Cluster, task_ids: list[str]) -> None:
+    """Every record of ``task_ids`` on ``task.events`` and the DLQ, in log order (diagnosis)."""
+    wanted = {tid.encode() for tid in task_ids}
+    for topic in (cluster.topics.events, cluster.topics.dlq):
+        records = await read_to_end(
+            bootstrap_servers, topic, PARTITIONS, keep=lambda r: r.key in wanted
+        )
+        for record in records:
+            headers = {key: value.decode() for key, value in record.headers or ()}
+            try:
+                event = decode_event(record.value or b"")
+                what = f"{type(event.payload).__name__} {event.source} id={event.event_id[:8]}"
+            except Exception as exc:
+                what = f"undecodable: {exc}"
+            print(
+                f"  history {record.key!r} {_provenance(record)}: {what} "
+                f"{headers.get('reason', '')} {headers.get('detail', '')}"
+            )
