@@ -22,7 +22,7 @@ from typing import Any
 
 import faust
 from aiokafka.errors import IllegalOperation
-from faust.tables.recovery import Recovery
+from faust.tables.recovery import RebalanceAgain
 from faust.tables.table import Table
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -48,20 +48,6 @@ class ProcessingGate:
         self.rebalancing = False
         self.processed: dict[TP, int] = {}
         """The last offset processed under the gate, per partition, since the assignment."""
-        self.ready_generation: int | None = None
-        """The consumer generation whose table recovery completed last (None while rebalancing)."""
-
-    def accepts(self, app: AppT) -> bool:
-        """May an event be processed now (call while holding the gate)?
-
-        Only once the tables are restored for the current assignment. faust can resume the
-        streams of a recovery that a newer rebalance has overtaken (it checks the generation
-        before seeking to the committed offsets, not after); events processed then, on state
-        that the next recovery overwrites with older changelog values, were lost in the crash
-        test. An event refused here is read again from the committed offset once the current
-        recovery ends.
-        """
-        return not self.rebalancing and self.ready_generation == app.consumer_generation_id
 
     async def done(self, stream: StreamT[Any], event: EventT[Any]) -> None:
         """Record that ``event`` was processed (call while holding the gate).
@@ -268,6 +254,34 @@ class _Consumer(faust_aiokafka.Consumer):
                 offsets[tp] = last + 1
         return offsets
 
+    async def perform_seek(self) -> None:
+        """Seek to the committed offsets, unless a newer rebalance began (then RebalanceAgain).
+
+        Table recovery ends with this seek and then resumes the streams. faust checks the
+        consumer generation before the seek, not after: when a rebalance began while the seek
+        waited for the broker, faust resumed the streams of the overtaken recovery, the agents
+        processed events while the next recovery wrote older changelog values over their table
+        writes, and the crash test lost tasks. Raising here makes faust's recovery loop drop
+        the overtaken recovery and wait for the current one, as it does when it notices itself.
+        """
+        gate = gate_of(self.app)
+        generation = self.app.consumer_generation_id
+        if gate.rebalancing:
+            raise RebalanceAgain()
+        await super().perform_seek()
+        if gate.rebalancing or self.app.consumer_generation_id != generation:
+            log.info("recovery overtaken by a rebalance: not resuming its streams")
+            raise RebalanceAgain()
+
+    async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
+        # the new assignment is known: commits may go on. Processing starts again from the
+        # committed offsets once recovery ends: what was processed before and not committed is
+        # processed again, on the restored state
+        gate = gate_of(self.app)
+        gate.processed.clear()
+        gate.rebalancing = False
+        await super().on_partitions_assigned(assigned, generation_id)
+
     async def on_partitions_revoked(self, revoked: Any) -> None:
         # faust forgets the acknowledged offsets of revoked partitions first thing, before any
         # callback could commit them: the open transactions would keep the outputs of those
@@ -290,38 +304,11 @@ class _Consumer(faust_aiokafka.Consumer):
         await super().on_partitions_revoked(revoked)
 
 
-class _Recovery(Recovery):
-    """faust's table recovery, telling the gate which generation's recovery completed."""
-
-    async def on_recovery_completed(self, generation_id: int = 0) -> None:
-        await super().on_recovery_completed(generation_id)
-        self._mark_ready(generation_id)
-
-    async def _resume_streams(self, generation_id: int = 0) -> None:
-        await super()._resume_streams(generation_id)
-        self._mark_ready(generation_id)
-
-    def _mark_ready(self, generation_id: int) -> None:
-        # super() waited for the seek to the committed offsets: a newer rebalance may have
-        # begun meanwhile, and then this recovery's state is not the one to process with
-        if self.app.consumer_generation_id == generation_id:
-            gate_of(self.app).ready_generation = generation_id
-        else:
-            log.info(
-                "recovery of generation %d overtaken by generation %d: not processing yet",
-                generation_id,
-                self.app.consumer_generation_id,
-            )
-
-
 def install(app: faust.App) -> None:
     """Make ``app`` use :class:`SourcePartitionTransactions` (and a consumer whose recovery
     sees the changelogs' real ends); call before the worker starts."""
     app.transport.TransactionManager = SourcePartitionTransactions  # type: ignore[misc]
     app.transport.Consumer = _Consumer  # type: ignore[misc]
-    app.tables._recovery = _Recovery(  # type: ignore[attr-defined]
-        app, app.tables, beacon=app.tables.beacon, loop=app.tables.loop
-    )
     gate = gate_of(app)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
@@ -339,11 +326,3 @@ def install(app: faust.App) -> None:
             log.exception("commit on revocation failed; the new owner processes those events again")
         async with gate.lock:
             gate.rebalancing = True
-            gate.ready_generation = None
-
-    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
-    async def thaw_commits(app: Any, assigned: Any, **kwargs: Any) -> None:
-        # processing starts again from the committed offsets of the new assignment: what was
-        # processed before and not committed is processed again, on the restored state
-        gate.processed.clear()
-        gate.rebalancing = False

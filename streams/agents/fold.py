@@ -49,10 +49,6 @@ def register(runtime: Runtime) -> None:
     async def fold_events(stream: StreamT[Any]) -> None:
         async for event in stream.events():
             async with gate.lock:
-                if not gate.accepts(app):
-                    # tables not restored for this assignment yet: read again after recovery
-                    await stream.ack(event)
-                    continue
                 await _process(runtime, event)
                 # recorded before the gate opens, so a commit never takes the outputs of an
                 # event without its offset

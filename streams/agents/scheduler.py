@@ -138,10 +138,6 @@ def register(runtime: Runtime) -> SchedulerService:
     async def schedule(stream: StreamT[Any]) -> None:
         async for event in stream.events():
             async with gate.lock:
-                if not gate.accepts(app):
-                    # tables not restored for this assignment yet: read again after recovery
-                    await stream.ack(event)
-                    continue
                 await _process(service, event)
                 await gate.done(stream, event)  # with its outputs, in the same transaction
 

@@ -63,16 +63,18 @@ async def read_to_end(
     partitions: int,
     keep: Callable[[Record], bool] = lambda _record: True,
     settle_timeout_s: float = 90.0,
+    committed: bool = True,
 ) -> list[Record]:
     """Every committed record of ``topic``, to its end: call once no writer is left.
 
     Waits until no transaction is open on any partition (the last stable offset equals the
     high watermark; an abandoned transaction is aborted by the broker after its timeout), then
     reads each partition up to that end. Unlike :func:`read_until` it never stops early, so it
-    counts duplicates and missing records exactly. Raises ``TimeoutError`` if a transaction is
-    still open after ``settle_timeout_s``.
+    counts duplicates and missing records exactly. ``committed=False`` reads aborted records too
+    (for diagnosis). Raises ``TimeoutError`` if a transaction is still open after
+    ``settle_timeout_s``.
     """
-    committed = AIOKafkaConsumer(
+    committed_reader = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         enable_auto_commit=False,
         isolation_level="read_committed",
@@ -81,32 +83,33 @@ async def read_to_end(
     uncommitted = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None
     )
-    await committed.start()
+    await committed_reader.start()
     await uncommitted.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         deadline = time.monotonic() + settle_timeout_s
         while True:
-            stable = await committed.end_offsets(tps)
+            stable = await committed_reader.end_offsets(tps)
             high = await uncommitted.end_offsets(tps)
             if stable == high:
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{topic}: transactions still open: {stable} < {high}")
             await asyncio.sleep(0.5)
-        committed.assign(tps)
-        await committed.seek_to_beginning(*tps)
+        reader = committed_reader if committed else uncommitted
+        reader.assign(tps)
+        await reader.seek_to_beginning(*tps)
         kept: list[Record] = []
         remaining = {tp for tp in tps if stable[tp] > 0}
         while remaining:
-            batches = await committed.getmany(*remaining, timeout_ms=500, max_records=10_000)
+            batches = await reader.getmany(*remaining, timeout_ms=500, max_records=10_000)
             for records in batches.values():
                 kept.extend(r for r in records if keep(r))
             for tp in list(remaining):
-                if await committed.position(tp) >= stable[tp]:
+                if await reader.position(tp) >= stable[tp]:
                     remaining.discard(tp)
     finally:
-        await committed.stop()
+        await committed_reader.stop()
         await uncommitted.stop()
     return kept
 

@@ -20,7 +20,14 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from schemas import decode_completed, decode_event, decode_ready, encode_event
-from streams.domain import Event, Source, TaskCompleted, TaskCreated, TaskStarted
+from streams.domain import (
+    Event,
+    Source,
+    TaskCompleted,
+    TaskCreated,
+    TaskStarted,
+    state_from_json,
+)
 from tests.integration.conftest import PARTITIONS, Cluster
 from tests.integration.kafka_io import Follower, read_to_end
 
@@ -171,4 +178,20 @@ async def _print_histories(bootstrap_servers: str, cluster: Cluster, task_ids: l
             print(
                 f"  history {record.key!r} {_provenance(record)}: {what} "
                 f"{headers.get('reason', '')} {headers.get('detail', '')}"
+            )
+    changelog = f"{cluster.app_id}-tasks-changelog"
+    for committed in (True, False):
+        records = await read_to_end(
+            bootstrap_servers,
+            changelog,
+            PARTITIONS,
+            keep=lambda r: r.key in wanted,
+            committed=committed,
+        )
+        for record in records:
+            state = state_from_json(record.value or b"")
+            print(
+                f"  table {'committed' if committed else 'any'} {record.key!r} "
+                f"{record.topic}[{record.partition}]@{record.offset} t={record.timestamp} "
+                f"status={state.status} events={len(state.seen_event_ids)}"
             )
