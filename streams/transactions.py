@@ -52,8 +52,8 @@ class ProcessingGate:
     async def done(self, stream: StreamT[Any], event: EventT[Any]) -> None:
         """Record that ``event`` was processed (call while holding the gate).
 
-        The next commit takes exactly the offsets recorded here, with the outputs of those
-        events: see :meth:`_Consumer._filter_committable_offsets`.
+        Acknowledged to faust, and recorded as the furthest a commit may go on its partition:
+        see :meth:`_Consumer._filter_committable_offsets`.
         """
         await stream.ack(event)
         self.processed[event.message.tp] = event.message.offset
@@ -221,36 +221,31 @@ class _Consumer(faust_aiokafka.Consumer):
                 # state from the changelog and reads their committed offsets: a commit from here
                 # now could land after it read them, and it would process the events again
                 return False
-            # every partition with processed events, not only those read before the gate
-            tps = {*self._acked, *gate.processed}
-            return await super()._commit_tps(list(tps), start_new_transaction)
+            # every partition with acknowledged events, not only those read before the gate
+            return await super()._commit_tps(list(self._acked), start_new_transaction)
 
     def _filter_committable_offsets(self, tps: Any) -> dict[TP, int]:
-        """The offsets to commit: for partitions read under the gate, the agent's own count.
+        """faust's offsets to commit, never past the last event an agent processed.
 
-        faust derives offsets from acknowledgements, filling the gaps left by transaction
-        markers with guesses; the crash test caught it committing past events the agent had
-        not processed. Partitions processed under the gate need no guess: every event up to
-        the recorded offset was processed, its outputs are in the open transaction, and the
-        gate is held, so nothing moves while the offsets are read.
+        faust derives offsets from acknowledgements and fills the holes that transaction
+        markers leave in a partition's offsets with guesses. It never commits past a message it
+        skipped (its streams drop messages of an older generation, or read while the flow is
+        stopped, without a word, and count on the next seek to read them again), so its offsets
+        are the ones to use; for partitions read under the gate they are capped at the agent's
+        own record (:meth:`ProcessingGate.done`), so a guess can never commit an event whose
+        outputs are not in the transaction.
         """
         gate = gate_of(self.app)
-        offsets = super()._filter_committable_offsets(tps)
-        for tp, last in gate.processed.items():
-            guessed = offsets.pop(tp, None)
-            if guessed is not None and guessed > last + 1:
+        offsets: dict[TP, int] = super()._filter_committable_offsets(tps)
+        for tp, offset in list(offsets.items()):
+            last = gate.processed.get(tp)
+            if last is not None and offset > last + 1:
                 log.warning(
                     "faust would commit %s at %d, past the last event processed (%d)",
                     tp,
-                    guessed,
+                    offset,
                     last,
                 )
-            # faust's bookkeeping for these partitions is not used: keep it from growing
-            self._acked.pop(tp, None)
-            self._acked_index.pop(tp, None)
-            self._gap.pop(tp, None)
-            committed = self._committed_offset[tp]
-            if committed is None or last + 1 > committed:
                 offsets[tp] = last + 1
         return offsets
 
@@ -292,10 +287,10 @@ class _Consumer(faust_aiokafka.Consumer):
         # bookkeeping in super(), which does not wait before it drops the offsets.
         gate = gate_of(self.app)
         async with gate.lock:
-            if not gate.rebalancing and (self._acked or gate.processed):
+            if not gate.rebalancing and self._acked:
                 try:
                     await faust_aiokafka.Consumer._commit_tps(
-                        self, list({*self._acked, *gate.processed}), start_new_transaction=True
+                        self, list(self._acked), start_new_transaction=True
                     )
                 except Exception:
                     log.exception("commit before revocation failed; those events run again")
