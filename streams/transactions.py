@@ -48,6 +48,19 @@ class ProcessingGate:
         self.rebalancing = False
         self.processed: dict[TP, int] = {}
         """The last offset processed under the gate, per partition, since the assignment."""
+        self.revoked: set[TP] = set()
+        """Partitions revoked (and committed) since the last assignment: no commit until then."""
+
+    def holds_back(self, event: EventT[Any]) -> bool:
+        """Is ``event`` from a partition revoked since its last commit (call under the gate)?
+
+        Such an event must not be processed: its outputs could not be committed before the
+        rebalance, and a transaction carried across it collected them twice (the crash test
+        saw one such duplicate). The agent acknowledges it unprocessed; nothing is committed
+        for the partition until the next assignment, after which it is read again from its
+        committed offset.
+        """
+        return event.message.tp in self.revoked
 
     async def done(self, stream: StreamT[Any], event: EventT[Any]) -> None:
         """Record that ``event`` was processed (call while holding the gate).
@@ -237,6 +250,14 @@ class _Consumer(faust_aiokafka.Consumer):
         """
         gate = gate_of(self.app)
         offsets: dict[TP, int] = super()._filter_committable_offsets(tps)
+        for tp in gate.revoked & offsets.keys():
+            # faust forgot this partition's committed offset at the revocation, and with it
+            # the check that the acknowledged events follow it: an event acknowledged now may
+            # come after messages its stream skipped, and committing it would skip them for
+            # good. Left in the open transaction: committed with the next commit if the
+            # partition stays here (its events are then processed again as no-ops), aborted by
+            # the next owner otherwise.
+            del offsets[tp]
         for tp, offset in list(offsets.items()):
             last = gate.processed.get(tp)
             if last is not None and offset > last + 1:
@@ -273,7 +294,14 @@ class _Consumer(faust_aiokafka.Consumer):
         # committed offsets once recovery ends: what was processed before and not committed is
         # processed again, on the restored state
         gate = gate_of(self.app)
+        for tp in gate.revoked:
+            # acknowledgements since the revocation were never committed, and every partition
+            # is read again from its committed offset after this assignment's recovery
+            self._acked.pop(tp, None)
+            self._acked_index.pop(tp, None)
+            self._gap.pop(tp, None)
         gate.processed.clear()
+        gate.revoked.clear()
         gate.rebalancing = False
         await super().on_partitions_assigned(assigned, generation_id)
 
@@ -296,6 +324,7 @@ class _Consumer(faust_aiokafka.Consumer):
                     log.exception("commit before revocation failed; those events run again")
             for tp in revoked:
                 gate.processed.pop(tp, None)
+            gate.revoked.update(revoked)
         await super().on_partitions_revoked(revoked)
 
 

@@ -49,6 +49,9 @@ def register(runtime: Runtime) -> None:
     async def fold_events(stream: StreamT[Any]) -> None:
         async for event in stream.events():
             async with gate.lock:
+                if gate.holds_back(event):
+                    await stream.ack(event)  # revoked: read again after the rebalance
+                    continue
                 await _process(runtime, event)
                 # recorded before the gate opens, so a commit never takes the outputs of an
                 # event without its offset

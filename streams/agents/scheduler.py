@@ -138,6 +138,9 @@ def register(runtime: Runtime) -> SchedulerService:
     async def schedule(stream: StreamT[Any]) -> None:
         async for event in stream.events():
             async with gate.lock:
+                if gate.holds_back(event):
+                    await stream.ack(event)  # revoked: read again after the rebalance
+                    continue
                 await _process(service, event)
                 await gate.done(stream, event)  # with its outputs, in the same transaction
 
