@@ -22,11 +22,10 @@ from typing import Any
 
 import faust
 from aiokafka.errors import IllegalOperation
-from faust.tables.recovery import RebalanceAgain
 from faust.tables.table import Table
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, AppT, EventT, StreamT
+from faust.types import TP, AppT, EventT
 from faust.types.tuples import FutureMessage
 
 log = logging.getLogger(__name__)
@@ -46,30 +45,6 @@ class ProcessingGate:
         self.lock = asyncio.Lock()
         self.pending_writes: list[FutureMessage] = []
         self.rebalancing = False
-        self.processed: dict[TP, int] = {}
-        """The last offset processed under the gate, per partition, since the assignment."""
-        self.revoked: set[TP] = set()
-        """Partitions revoked (and committed) since the last assignment: no commit until then."""
-
-    def holds_back(self, event: EventT[Any]) -> bool:
-        """Is ``event`` from a partition revoked since its last commit (call under the gate)?
-
-        Such an event must not be processed: its outputs could not be committed before the
-        rebalance, and a transaction carried across it collected them twice (the crash test
-        saw one such duplicate). The agent acknowledges it unprocessed; nothing is committed
-        for the partition until the next assignment, after which it is read again from its
-        committed offset.
-        """
-        return event.message.tp in self.revoked
-
-    async def done(self, stream: StreamT[Any], event: EventT[Any]) -> None:
-        """Record that ``event`` was processed (call while holding the gate).
-
-        Acknowledged to faust, and recorded as the furthest a commit may go on its partition:
-        see :meth:`_Consumer._filter_committable_offsets`.
-        """
-        await stream.ack(event)
-        self.processed[event.message.tp] = event.message.offset
 
     async def drain(self, app: AppT) -> None:
         """Wait until every changelog write made so far was delivered.
@@ -166,15 +141,21 @@ class SourcePartitionTransactions(TransactionManager):
         )
 
     async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
-        # called by _Consumer._commit_tps, which holds the processing gate
-        await gate_of(self.app).drain(self.app)
-        try:
-            return await super().commit(offsets, start_new_transaction=start_new_transaction)
-        except IllegalOperation as exc:
-            # faust's periodic commit can run after the stop-time commit ended the
-            # transactions; nothing was sent since, so nothing is lost by skipping it
-            log.info("commit skipped: %s", exc)
-            return False
+        gate = gate_of(self.app)
+        async with gate.lock:
+            if gate.rebalancing:
+                # the partitions may already belong to another worker, which restores their
+                # state from the changelog and reads their committed offsets: a commit from here
+                # now could land after it read them, and it would process the events again
+                return False
+            await gate.drain(self.app)
+            try:
+                return await super().commit(offsets, start_new_transaction=start_new_transaction)
+            except IllegalOperation as exc:
+                # faust's periodic commit can run after the stop-time commit ended the
+                # transactions; nothing was sent since, so nothing is lost by skipping it
+                log.info("commit skipped: %s", exc)
+                return False
 
 
 def _changelog_sources(app: AppT) -> dict[str, str]:
@@ -215,117 +196,8 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _Consumer(faust_aiokafka.Consumer):
-    """faust's consumer, committing only between events, and everything before a revocation.
-
-    Every commit holds the processing gate from the moment it reads the acknowledged offsets
-    until the transactions are committed, so it carries exactly the events whose outputs are in
-    those transactions (faust reads the offsets first and commits later, and events processed
-    in between had their outputs committed without their offsets).
-    """
-
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-    async def _commit_tps(self, tps: Any, start_new_transaction: bool) -> bool:
-        gate = gate_of(self.app)
-        async with gate.lock:
-            if gate.rebalancing:
-                # the partitions may already belong to another worker, which restores their
-                # state from the changelog and reads their committed offsets: a commit from here
-                # now could land after it read them, and it would process the events again
-                return False
-            # every partition with acknowledged events, not only those read before the gate
-            return await super()._commit_tps(list(self._acked), start_new_transaction)
-
-    def _filter_committable_offsets(self, tps: Any) -> dict[TP, int]:
-        """faust's offsets to commit, never past the last event an agent processed.
-
-        faust derives offsets from acknowledgements and fills the holes that transaction
-        markers leave in a partition's offsets with guesses. It never commits past a message it
-        skipped (its streams drop messages of an older generation, or read while the flow is
-        stopped, without a word, and count on the next seek to read them again), so its offsets
-        are the ones to use; for partitions read under the gate they are capped at the agent's
-        own record (:meth:`ProcessingGate.done`), so a guess can never commit an event whose
-        outputs are not in the transaction.
-        """
-        gate = gate_of(self.app)
-        offsets: dict[TP, int] = super()._filter_committable_offsets(tps)
-        for tp in gate.revoked & offsets.keys():
-            # faust forgot this partition's committed offset at the revocation, and with it
-            # the check that the acknowledged events follow it: an event acknowledged now may
-            # come after messages its stream skipped, and committing it would skip them for
-            # good. Left in the open transaction: committed with the next commit if the
-            # partition stays here (its events are then processed again as no-ops), aborted by
-            # the next owner otherwise.
-            del offsets[tp]
-        for tp, offset in list(offsets.items()):
-            last = gate.processed.get(tp)
-            if last is not None and offset > last + 1:
-                log.warning(
-                    "faust would commit %s at %d, past the last event processed (%d)",
-                    tp,
-                    offset,
-                    last,
-                )
-                offsets[tp] = last + 1
-        return offsets
-
-    async def perform_seek(self) -> None:
-        """Seek to the committed offsets, unless a newer rebalance began (then RebalanceAgain).
-
-        Table recovery ends with this seek and then resumes the streams. faust checks the
-        consumer generation before the seek, not after: when a rebalance began while the seek
-        waited for the broker, faust resumed the streams of the overtaken recovery, the agents
-        processed events while the next recovery wrote older changelog values over their table
-        writes, and the crash test lost tasks. Raising here makes faust's recovery loop drop
-        the overtaken recovery and wait for the current one, as it does when it notices itself.
-        """
-        gate = gate_of(self.app)
-        generation = self.app.consumer_generation_id
-        if gate.rebalancing:
-            raise RebalanceAgain()
-        await super().perform_seek()
-        if gate.rebalancing or self.app.consumer_generation_id != generation:
-            log.info("recovery overtaken by a rebalance: not resuming its streams")
-            raise RebalanceAgain()
-
-    async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
-        # the new assignment is known: commits may go on. Processing starts again from the
-        # committed offsets once recovery ends: what was processed before and not committed is
-        # processed again, on the restored state
-        gate = gate_of(self.app)
-        for tp in gate.revoked:
-            # acknowledgements since the revocation were never committed, and every partition
-            # is read again from its committed offset after this assignment's recovery
-            self._acked.pop(tp, None)
-            self._acked_index.pop(tp, None)
-            self._gap.pop(tp, None)
-        gate.processed.clear()
-        gate.revoked.clear()
-        gate.rebalancing = False
-        await super().on_partitions_assigned(assigned, generation_id)
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        # faust forgets the acknowledged offsets of revoked partitions first thing, before any
-        # callback could commit them: the open transactions would keep the outputs of those
-        # events, the next commit would carry them out with the outputs of the same events
-        # processed again, and while open they hold back the changelogs' stable offsets (the
-        # crash test found duplicates and 12 s recovery stalls from this). So commit them
-        # first, between two events. Nothing runs between the end of this block and faust's
-        # bookkeeping in super(), which does not wait before it drops the offsets.
-        gate = gate_of(self.app)
-        async with gate.lock:
-            if not gate.rebalancing and self._acked:
-                try:
-                    await faust_aiokafka.Consumer._commit_tps(
-                        self, list(self._acked), start_new_transaction=True
-                    )
-                except Exception:
-                    log.exception("commit before revocation failed; those events run again")
-            for tp in revoked:
-                gate.processed.pop(tp, None)
-            gate.revoked.update(revoked)
-        await super().on_partitions_revoked(revoked)
 
 
 def install(app: faust.App) -> None:
@@ -337,10 +209,11 @@ def install(app: faust.App) -> None:
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def commit_then_freeze(app: Any, revoked: Any, **kwargs: Any) -> None:
-        # faust calls this after the agents finished their last events. Commit those (events
-        # processed after _Consumer.on_partitions_revoked committed), as Kafka Streams does on
-        # revocation, so no transaction stays open across the rebalance; then no commit until
-        # the new assignment is known.
+        # faust waits for this before the rebalance goes on. Commit what was processed (as
+        # Kafka Streams does on revocation): a transaction left open across the rebalance would
+        # get the outputs of the same events twice, once now and once when they are processed
+        # again after recovery rolls the table back to the changelog. Then no commit until the
+        # new assignment is known.
         try:
             # commit() returns without committing if a periodic commit is under way; that one
             # may not hold the latest events, so commit again, unconditionally
@@ -350,3 +223,7 @@ def install(app: faust.App) -> None:
             log.exception("commit on revocation failed; the new owner processes those events again")
         async with gate.lock:
             gate.rebalancing = True
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def thaw_commits(app: Any, assigned: Any, **kwargs: Any) -> None:
+        gate.rebalancing = False

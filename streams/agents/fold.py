@@ -49,13 +49,10 @@ def register(runtime: Runtime) -> None:
     async def fold_events(stream: StreamT[Any]) -> None:
         async for event in stream.events():
             async with gate.lock:
-                if gate.holds_back(event):
-                    await stream.ack(event)  # revoked: read again after the rebalance
-                    continue
                 await _process(runtime, event)
-                # recorded before the gate opens, so a commit never takes the outputs of an
+                # acknowledged before the gate opens, so a commit never takes the outputs of an
                 # event without its offset
-                await gate.done(stream, event)
+                await stream.ack(event)
             await runtime.processed.advance(event.message.partition, event.message.offset)
 
 

@@ -138,11 +138,8 @@ def register(runtime: Runtime) -> SchedulerService:
     async def schedule(stream: StreamT[Any]) -> None:
         async for event in stream.events():
             async with gate.lock:
-                if gate.holds_back(event):
-                    await stream.ack(event)  # revoked: read again after the rebalance
-                    continue
                 await _process(service, event)
-                await gate.done(stream, event)  # with its outputs, in the same transaction
+                await stream.ack(event)  # with its outputs, in the same transaction
 
     @app.timer(interval=0.02, name="scheduler-ticks")  # type: ignore[untyped-decorator]
     async def ticks() -> None:
