@@ -42,6 +42,7 @@ def _event(task_id: str, payload: object) -> Event:
     return Event(str(uuid.uuid4()), task_id, int(time.time() * 1000), Source.CLIENT, payload)  # type: ignore[arg-type]
 
 
+@pytest.mark.crash
 async def test_two_workers_one_killed_mid_workload_lose_and_duplicate_nothing(
     cluster: Cluster, bootstrap_servers: str
 ) -> None:
