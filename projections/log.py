@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from schemas.records import decode_event
+from schemas.records import Refusal, event_of_record
 from streams.domain import Event, Rejected, Status, TaskState, apply
-from streams.errors import SchemaError, UnknownSchemaError
 
 
 @dataclass(frozen=True, order=True)
@@ -122,15 +121,10 @@ class LogFold:
     def step(self, record: LogRecord) -> Step:
         """Fold ``record``: decode it, check its key, apply it to its task's state."""
         key_text = record.key.decode("utf-8", "replace") if record.key is not None else None
-        try:
-            event = decode_event(record.value)
-        except UnknownSchemaError as exc:
-            return self._refused(record, key_text or "", None, "unknown_schema", str(exc))
-        except SchemaError as exc:
-            return self._refused(record, key_text or "", None, "undecodable", str(exc))
-        if key_text is None or record.key != event.task_id.encode("utf-8"):
-            detail = f"key {record.key!r} is not the task id {event.task_id!r}"
-            return self._refused(record, key_text or event.task_id, event, "key_mismatch", detail)
+        event = event_of_record(record.key, record.value)
+        if isinstance(event, Refusal):
+            task_id = key_text or (event.event.task_id if event.event is not None else "")
+            return self._refused(record, task_id, event.event, event.reason, event.detail)
         before = self.states.get(event.task_id)
         try:
             outcome = apply(before, event)

@@ -117,6 +117,39 @@ def decode_event(data: bytes) -> Event:
     return record_to_event(event_codec().decode(data))
 
 
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """Why a ``task.events`` record is refused before it reaches the fold.
+
+    Attributes:
+        reason: the DLQ reason (``unknown_schema``, ``undecodable`` or ``key_mismatch``).
+        detail: a human-readable explanation.
+        event: the decoded event, when the record decoded (a key mismatch).
+    """
+
+    reason: str
+    detail: str
+    event: Event | None = None
+
+
+def event_of_record(key: bytes | None, value: bytes) -> Event | Refusal:
+    """The event a ``task.events`` record holds, or why the fold refuses the record.
+
+    The one check shared by the fold agent (which dead-letters a refusal) and the offline
+    replay (which marks it rejected), so the two cannot disagree on what reaches the fold.
+    """
+    try:
+        event = decode_event(value)
+    except UnknownSchemaError as exc:
+        return Refusal("unknown_schema", str(exc))
+    except SchemaError as exc:
+        return Refusal("undecodable", str(exc))
+    if key is None or key != event.task_id.encode("utf-8"):
+        detail = f"key {key!r} is not the task id {event.task_id!r}"
+        return Refusal("key_mismatch", detail, event)
+    return event
+
+
 def encode_ready(ready: ReadyToSchedule) -> bytes:
     """``ready`` as a ``task.ready`` message value."""
     record = dataclasses.asdict(ready)

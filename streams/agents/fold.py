@@ -16,7 +16,7 @@ from typing import Any
 from faust.types import EventT, StreamT
 
 from schemas import encode_completed, encode_event, encode_ready
-from schemas.records import decode_event, encode_signal
+from schemas.records import Refusal, encode_signal, event_of_record
 from streams import transactions
 from streams.app import Runtime
 from streams.domain import (
@@ -32,7 +32,6 @@ from streams.domain import (
 )
 from streams.domain.signals import SchedulerSignal, TaskReleased
 from streams.domain.timers import next_deadline
-from streams.errors import SchemaError, UnknownSchemaError
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +58,9 @@ def register(runtime: Runtime) -> None:
 async def _process(runtime: Runtime, event: EventT[Any]) -> None:
     outbox = _Outbox(runtime, event)
     message = event.message
-    try:
-        task_event = decode_event(message.value or b"")
-    except UnknownSchemaError as exc:
-        await outbox.dead_letter("unknown_schema", str(exc))
-        return
-    except SchemaError as exc:
-        await outbox.dead_letter("undecodable", str(exc))
-        return
-    if message.key is None or message.key != task_event.task_id.encode("utf-8"):
-        await outbox.dead_letter("key_mismatch", f"key {message.key!r} is not the task id")
+    task_event = event_of_record(message.key, message.value or b"")
+    if isinstance(task_event, Refusal):
+        await outbox.dead_letter(task_event.reason, task_event.detail)
         return
     try:
         stored = runtime.tasks.get(message.key)
