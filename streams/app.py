@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -17,6 +18,7 @@ from streams import transactions
 from streams.config import Settings
 from streams.metrics import Metrics
 from streams.producers import SharedProducer
+from streams.task_store import TaskStore
 
 if TYPE_CHECKING:
     from streams.agents.timers import DeadlineIndex
@@ -64,11 +66,14 @@ class Runtime:
     settings: Settings
     app: faust.App
     events_topic: TopicT
-    tasks: transactions.TrackedTable
+    tasks: TaskStore
+    """The ``tasks`` table (written by the fold only)."""
     processed: ProcessedOffsets = field(default_factory=ProcessedOffsets)
     deadlines: DeadlineIndex = field(default_factory=lambda: _deadline_index())
     scheduler: Any = None
     """The worker's ``SchedulerService`` (set by ``create_runtime``)."""
+    fold: Any = None
+    """The worker's ``FoldService`` (set by ``create_runtime``)."""
     metrics: Metrics = field(default_factory=Metrics)
     """The worker's Prometheus metrics."""
     producer: SharedProducer = field(init=False)
@@ -141,22 +146,11 @@ def create_runtime(settings: Settings) -> Runtime:
     from streams.agents import executor, fold, scheduler, timers
 
     app = create_app(settings)
-    tasks = transactions.TrackedTable(
-        app,
-        name="tasks",
-        partitions=settings.partitions,
-        beacon=app.tables.beacon,
-    )
-    # faust derives a table's serializers from its types ("json" for bytes); keys must be the
-    # raw task id bytes, as on task.events, so that the table and the topic agree on partitions.
-    tasks.key_serializer = tasks.value_serializer = "raw"
-    tasks.source_topic = settings.topics.events
-    app.tables.add(tasks)
     runtime = Runtime(
         settings=settings,
         app=app,
         events_topic=_raw_topic(app, settings.topics.events, settings.partitions),
-        tasks=tasks,
+        tasks=TaskStore(Path(settings.data_dir) / "tasks", settings.partitions),
     )
     fold.register(runtime)
     timers.register(runtime)

@@ -1,6 +1,7 @@
 """The project's topics: names, configs, and their creation up front with the admin client.
 
-Faust creates only its own internal topics (table changelogs); everything else is created here
+Faust creates only its own internal topics (the scheduler's table changelogs); everything else,
+the ``tasks`` changelog included, is created here
 with explicit partition counts (all equal, so that a task's events, its table entry and its
 changelog live in partitions with the same number) and configs.
 """
@@ -93,10 +94,22 @@ TOPICS: tuple[TopicSpec, ...] = (
 )
 
 
+def tasks_changelog(app_id: str) -> str:
+    """The ``tasks`` table's changelog topic of the orchestrator ``app_id``."""
+    return f"{app_id}-tasks-changelog"
+
+
 async def ensure_topics(
-    bootstrap_servers: str, partitions: int, names: TopicNames | None = None, replication: int = 1
+    bootstrap_servers: str,
+    partitions: int,
+    names: TopicNames | None = None,
+    replication: int = 1,
+    app_id: str | None = None,
 ) -> list[str]:
     """Create the project's topics that do not exist yet; return the names created.
+
+    With ``app_id``, also the ``tasks`` table's changelog (compacted: the latest state of each
+    task), which the fold writes and restores from itself.
 
     Existing topics are left as they are, but a partition count different from ``partitions``
     is an error: tables would no longer be co-partitioned with their source topic.
@@ -106,6 +119,8 @@ async def ensure_topics(
     """
     prefix = (names or TopicNames()).prefix
     specs = [TopicSpec(prefix + spec.name, spec.config) for spec in TOPICS]
+    if app_id is not None:
+        specs.append(TopicSpec(tasks_changelog(app_id), {"cleanup.policy": "compact"}))
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=15_000)
     try:
         await admin.start()

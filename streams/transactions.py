@@ -194,6 +194,32 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         ends: Mapping[TP, int] = await consumer.end_offsets(partitions)
         return ends
 
+    async def _fetch_records(
+        self,
+        consumer: Any,
+        active_partitions: set[TP],
+        timeout: float | None = None,  # noqa: ASYNC109 (faust's signature)
+        max_records: int | None = None,
+    ) -> Any:
+        # topics faust subscribes to only to own their partitions (task.events: the fold reads
+        # it with a consumer of its own) are never fetched
+        unfetched = _unfetched_topics(self.consumer.app)
+        if unfetched:
+            held = [tp for tp in consumer.assignment() if tp.topic in unfetched]
+            if held:
+                consumer.pause(*held)
+            active_partitions = {tp for tp in active_partitions if tp.topic not in unfetched}
+        return await super()._fetch_records(consumer, active_partitions, timeout, max_records)
+
+    def verify_event_path(self, now: float, tp: TP) -> None:
+        if tp.topic not in _unfetched_topics(self.consumer.app):
+            super().verify_event_path(now, tp)
+
+
+def _unfetched_topics(app: AppT) -> set[str]:
+    topics: set[str] = getattr(app, "_orchestrator_unfetched", set())
+    return topics
+
 
 class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:

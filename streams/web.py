@@ -23,12 +23,9 @@ import base64
 import time
 from typing import Any
 
-from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from streams import transactions
 from streams.app import Runtime
 from streams.domain import Status, TaskState, state_from_json, state_to_dict
 
@@ -85,11 +82,8 @@ def register_metrics_view(runtime: Runtime) -> None:
 
     @app.page("/metrics")
     async def metrics(self: View, request: Request) -> Response:
-        for tp in app.assignor.assigned_actives():
-            if tp.topic == runtime.settings.topics.events:
-                highwater = app.consumer.highwater(tp) or 0
-                lag = max(0, highwater - runtime.processed.get(tp.partition) - 1)
-                runtime.metrics.lag.labels(str(tp.partition)).set(lag)
+        for partition, lag in runtime.fold.lags().items():
+            runtime.metrics.lag.labels(str(partition)).set(lag)
         return self.bytes(
             runtime.metrics.exposition(), content_type=CONTENT_TYPE_LATEST.split(";")[0]
         )
@@ -108,37 +102,25 @@ def register_limits_view(runtime: Runtime) -> None:
 
 
 def register_state_view(runtime: Runtime) -> None:
-    """Add ``GET /state``: the full states of the tasks in this worker's active partitions.
+    """Add ``GET /state``: the full states of the tasks in the partitions this worker folds.
 
-    The answer is exact, for ``orchestrator verify``: it is taken between two events (under the
-    processing gate, so no event is half-applied and no commit is under way), and ``offsets``
-    says, per owned partition of ``task.events``, the offset of the last record the table
-    reflects (-1: none). That is the last offset the fold processed since this worker got the
-    partition, or else the offset before the group's committed one (the table was restored from
-    the changelog, which commits with those offsets). A fold of the log up to those offsets
-    must give exactly ``tasks``. While the worker rebalances or restores its tables the answer
-    is ``503 not_ready``: ask again.
+    The answer is exact, for ``orchestrator verify``: it is taken between two records (under
+    the fold's lock, so no record is half-applied and no commit is under way), and ``offsets``
+    says, per partition folded here, the offset of the last record of ``task.events`` the table
+    reflects (-1: none). A fold of the log up to those offsets must give exactly ``tasks``.
+    While the worker rebalances or restores its table the answer is ``503 not_ready``: ask
+    again.
     """
     app = runtime.app
-    gate = transactions.gate_of(app)
 
     @app.page("/state")
     async def table_state(self: View, request: Request) -> Response:
-        generation = app.consumer_generation_id
-        owned = _owned_partitions(runtime)
-        if _is_settling(app):
-            return _not_ready(self)
-        committed = await _committed_offsets(runtime, owned)
-        async with gate.lock:
-            if (
-                _is_settling(app)
-                or generation != app.consumer_generation_id
-                or owned != _owned_partitions(runtime)
-            ):
+        fold = runtime.fold
+        async with fold.lock:
+            if not fold.ready:
                 return _not_ready(self)
-            offsets = {
-                str(p): max(runtime.processed.get(p), committed.get(p, -1) - 1) for p in owned
-            }
+            owned = sorted(fold.open_partitions())
+            offsets = {str(p): offset for p, offset in sorted(fold.positions().items())}
             tasks = {
                 key.decode("utf-8"): state_to_dict(state_from_json(value))
                 for key, value in runtime.tasks.items()
@@ -146,39 +128,9 @@ def register_state_view(runtime: Runtime) -> None:
         return self.json({"partitions": owned, "offsets": offsets, "tasks": tasks})
 
 
-def _owned_partitions(runtime: Runtime) -> list[int]:
-    return sorted(
-        tp.partition
-        for tp in runtime.app.assignor.assigned_actives()
-        if tp.topic == runtime.settings.topics.events
-    )
-
-
-def _is_settling(app: Any) -> bool:
-    """True while the worker rebalances or restores its tables: its table is not the log's."""
-    return bool(app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set())
-
-
 def _not_ready(view: View) -> Response:
     detail = "the worker is rebalancing or restoring its tables; ask again"
     return view.json({"error": "not_ready", "detail": detail}, status=503)
-
-
-async def _committed_offsets(runtime: Runtime, partitions: list[int]) -> dict[int, int]:
-    """The consumer group's committed offsets of ``partitions`` of ``task.events`` (-1: none)."""
-    if not partitions:
-        return {}
-    settings = runtime.settings
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-    try:
-        await admin.start()
-        found = await admin.list_consumer_group_offsets(
-            runtime.app.conf.id,
-            partitions=[TopicPartition(settings.topics.events, p) for p in partitions],
-        )
-    finally:
-        await admin.close()
-    return {tp.partition: meta.offset for tp, meta in found.items()}
 
 
 def status_document(state: TaskState) -> dict[str, Any]:
@@ -240,7 +192,10 @@ async def _read(
         if not await runtime.processed.wait_for(partition, offset, wait_s):
             detail = f"the worker has not processed offset {offset} of partition {partition} yet"
             return None, view.json({"error": "not_caught_up", "detail": detail}, status=503)
-    stored = runtime.tasks.get(task_id.encode("utf-8"))
+    key = task_id.encode("utf-8")
+    if not runtime.tasks.is_open(runtime.tasks.partition_of(key)):
+        return None, _not_ready(view)
+    stored = runtime.tasks.get(key)
     state = state_from_json(stored) if stored is not None else None
     if state is None or not state.status.is_created:
         return None, view.json({"error": "not_found", "detail": f"no task {task_id}"}, status=404)

@@ -34,6 +34,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
                 settings.partitions,
                 settings.topics,
                 settings.replication_factor,
+                app_id=settings.app_id,
             )
         )
     finally:

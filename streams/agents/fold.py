@@ -1,23 +1,39 @@
-"""The fold agent: ``task.events`` → the ``tasks`` table, and the effects of each event.
+"""The fold: ``task.events`` → the ``tasks`` table, and the effects of each event, exactly once.
 
-For each message: decode it, apply the pure fold to the task's state, store the new state, and
+For each record: decode it, apply the pure fold to the task's state, store the new state, and
 write the effects (``task.ready``, ``task.completed``, follow-up events on ``task.events``,
-refused input on ``task.events.dlq``), all inside the transaction of the partition the message
-came from (see ``streams.transactions``). Nothing here decides anything about a task.
+refused input on ``task.events.dlq``). Nothing here decides anything about a task.
+
+Exactly once is done the way Kafka Streams does it, by this module alone (see
+docs/exactly-once.md). faust keeps the consumer group and says which partitions of
+``task.events`` this worker owns (its topic router sends each task's reads here); the fold
+reads those partitions with a consumer of its own, and each partition has a transactional
+producer of its own (``{app_id}-fold-{partition}``). Everything one record causes (its
+outputs, its state's changelog record, and the partition's input offset) is written in that
+producer's transaction, so it is committed or aborted as one. When a worker gets a partition it
+starts the partition's producer first, which fences the previous owner and ends its open
+transaction; only then does it read the changelog (to its last stable offset) and the committed
+input offset, so it starts exactly where the committed state ends.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import socket
+import time
+from dataclasses import dataclass
 from typing import Any
 
-from faust.types import EventT, StreamT
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
+from mode import Service
 
 from schemas import encode_completed, encode_event, encode_ready
 from schemas.records import Refusal, encode_signal, event_of_record
-from streams import transactions
 from streams.app import Runtime
 from streams.domain import (
     CompletedTask,
@@ -32,99 +48,472 @@ from streams.domain import (
 )
 from streams.domain.signals import SchedulerSignal, TaskReleased
 from streams.domain.timers import next_deadline
+from streams.task_store import PartitionStore
+from streams.topics import tasks_changelog
 
 log = logging.getLogger(__name__)
 
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}".encode()
 """The ``worker`` header of every output: which process wrote it."""
 
+COMMIT_TIMEOUT_S = 30.0
+"""A commit that takes longer fails; the partition is reopened (its events are folded again)."""
 
-def register(runtime: Runtime) -> None:
-    """Add the fold agent to ``runtime.app``."""
+REVOKE_WAIT_S = 20.0
+"""How long a revocation waits for the fold to commit and close its partitions."""
+
+MAX_RECORDS = 500
+"""Records taken per fetch (a commit can fall after any fetch)."""
+
+
+def fold_group(app_id: str) -> str:
+    """The consumer group whose committed offsets say where the fold resumes."""
+    return f"{app_id}-fold"
+
+
+def register(runtime: Runtime) -> FoldService:
+    """Add the fold to ``runtime.app``: its service, and the hooks that follow the assignment."""
     app = runtime.app
-    gate = transactions.gate_of(app)
+    service = FoldService(runtime)
+    runtime.fold = service
+    events = runtime.settings.topics.events
+    app._orchestrator_unfetched = {events}  # type: ignore[attr-defined]
 
+    # faust must subscribe to task.events for its assignor and topic router to place the
+    # partitions and route task reads; its consumer never fetches them (streams.transactions)
     @app.agent(runtime.events_topic, name="fold", concurrency=1)
-    async def fold_events(stream: StreamT[Any]) -> None:
+    async def owns_task_events(stream: Any) -> None:
         async for event in stream.events():
-            async with gate.lock:
-                await _process(runtime, event)
-                # acknowledged before the gate opens, so a commit never takes the outputs of an
-                # event without its offset
-                await stream.ack(event)
-            await runtime.processed.advance(event.message.partition, event.message.offset)
+            log.error("faust delivered %s[%d] to the fold", events, event.message.partition)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def close_partitions(app: Any, revoked: Any, **kwargs: Any) -> None:
+        await service.revoke()
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def open_partitions(app: Any, assigned: Any, **kwargs: Any) -> None:
+        service.assign(frozenset(tp.partition for tp in assigned if tp.topic == events))
+
+    app.service(service)  # type: ignore[arg-type]
+    return service
 
 
-async def _process(runtime: Runtime, event: EventT[Any]) -> None:
-    outbox = _Outbox(runtime, event)
-    message = event.message
-    task_event = event_of_record(message.key, message.value or b"")
-    if isinstance(task_event, Refusal):
-        await outbox.dead_letter(task_event.reason, task_event.detail)
-        return
+@dataclass
+class _Partition:
+    """One open partition of ``task.events``: its producer, its table, where it stands."""
+
+    number: int
+    producer: AIOKafkaProducer
+    store: PartitionStore
+    next_offset: int
+    """The offset of the next record to fold: everything before it is folded."""
+    in_transaction: bool = False
+    last_changelog_write: asyncio.Future[RecordMetadata] | None = None
+
+
+class FoldService(Service):
+    """Folds the partitions of ``task.events`` faust assigns to this worker.
+
+    One loop does everything (opening partitions, fetching, folding, committing), so none of
+    it interleaves; faust's rebalance callbacks only say what the assignment should be.
+    ``lock`` is held while records are folded or committed: a reader holding it sees the
+    table between two records, with :meth:`positions` saying which.
+    """
+
+    def __init__(self, runtime: Runtime, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.runtime = runtime
+        settings = runtime.settings
+        self.group = fold_group(settings.app_id)
+        self.changelog = tasks_changelog(settings.app_id)
+        self.lock = asyncio.Lock()
+        self._partitions: dict[int, _Partition] = {}
+        self._wanted: frozenset[int] = frozenset()
+        self._wanted_version = 0
+        self._open_version = 0
+        self._changed = asyncio.Event()
+        self._settled = asyncio.Event()
+        self._stopping = False
+        self._loop_task: asyncio.Future[None] | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def on_start(self) -> None:
+        self._loop_task = asyncio.ensure_future(self.run())
+
+    async def on_stop(self) -> None:
+        """Let the loop commit and close its partitions, then end."""
+        self._stopping = True
+        self._changed.set()
+        if self._loop_task is not None:
+            await asyncio.wait_for(self._loop_task, COMMIT_TIMEOUT_S + 10)
+
+    # -- what faust's rebalance callbacks call
+
+    def assign(self, partitions: frozenset[int]) -> None:
+        """Fold ``partitions`` from now on (and no others)."""
+        self._wanted = partitions
+        self._wanted_version += 1
+        self._settled.clear()
+        self._changed.set()
+
+    async def revoke(self) -> None:
+        """Stop folding: commit what was folded and close every partition (bounded wait).
+
+        Committing here spares the next owner folding those records again; it is not needed
+        for correctness, since that owner fences this worker's producers before it reads.
+        """
+        self.assign(frozenset())
+        try:
+            await asyncio.wait_for(self._settled.wait(), REVOKE_WAIT_S)
+        except TimeoutError:
+            log.warning("the fold did not close its partitions within %.0f s", REVOKE_WAIT_S)
+
+    # -- what readers see
+
+    @property
+    def ready(self) -> bool:
+        """True when the open partitions are the assigned ones (nothing to restore)."""
+        return self._open_version == self._wanted_version
+
+    def open_partitions(self) -> frozenset[int]:
+        """The partitions folded here now (owned, restored and positioned)."""
+        return frozenset(self._partitions)
+
+    def positions(self) -> dict[int, int]:
+        """Per open partition, the offset of the last record the table reflects (-1: none)."""
+        return {p: part.next_offset - 1 for p, part in self._partitions.items()}
+
+    def lags(self) -> dict[int, int]:
+        """Per open partition, the records of ``task.events`` not folded yet."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        events = self.runtime.settings.topics.events
+        lags = {}
+        for partition, part in self._partitions.items():
+            highwater = consumer.highwater(TopicPartition(events, partition))
+            lags[partition] = max(0, (highwater or 0) - part.next_offset)
+        return lags
+
+    # -- the loop
+
+    async def run(self) -> None:
+        """Fold until the worker stops; on the way out, commit and close."""
+        settings = self.runtime.settings
+        consumer = self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=self.group,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=1 << 20,
+        )
+        await consumer.start()
+        try:
+            while not self._stopping:
+                if not self.ready:
+                    await self._settle(consumer)
+                    continue
+                if not self._partitions:
+                    self._changed.clear()
+                    await _wait(self._changed, 1.0)
+                    continue
+                await self._fold_batch(consumer)
+        finally:
+            await self._close_all(commit=True)
+            self.runtime.tasks.close()
+            await consumer.stop()
+
+    async def _fold_batch(self, consumer: AIOKafkaConsumer) -> None:
+        batches = await consumer.getmany(timeout_ms=100, max_records=MAX_RECORDS)
+        failed: set[int] = set()
+        async with self.lock:
+            for tp, records in batches.items():
+                part = self._partitions.get(tp.partition)
+                if part is None:
+                    continue
+                try:
+                    for record in records:
+                        await self._fold(part, record)
+                except KafkaError:
+                    log.exception("the fold of partition %d failed; reopening it", part.number)
+                    failed.add(part.number)
+            now = time.monotonic()
+            if failed or now - self._last_commit >= self.runtime.settings.commit_interval:
+                failed |= await self._commit_all()
+                self._last_commit = now
+        if failed:
+            await self._reopen(failed)
+
+    _last_commit = 0.0
+
+    async def _fold(self, part: _Partition, record: ConsumerRecord[bytes, bytes]) -> None:
+        if record.offset < part.next_offset:
+            return  # already folded (a fetch from before the last seek)
+        if not part.in_transaction:
+            await part.producer.begin_transaction()
+            part.in_transaction = True
+        await _Folding(self, part, record).run()
+        part.next_offset = record.offset + 1
+        await self.runtime.processed.advance(part.number, record.offset)
+
+    # -- commits
+
+    async def _commit_all(self) -> set[int]:
+        """Commit every open transaction; return the partitions whose commit failed."""
+        parts = [part for part in self._partitions.values() if part.in_transaction]
+        outcomes = await asyncio.gather(*(self._commit(part) for part in parts))
+        return {part.number for part, ok in zip(parts, outcomes, strict=True) if not ok}
+
+    async def _commit(self, part: _Partition) -> bool:
+        events = TopicPartition(self.runtime.settings.topics.events, part.number)
+        try:
+            async with asyncio.timeout(COMMIT_TIMEOUT_S):
+                await part.producer.send_offsets_to_transaction(
+                    {events: part.next_offset}, self.group
+                )
+                await part.producer.commit_transaction()
+                checkpoint = None
+                if part.last_changelog_write is not None:
+                    checkpoint = (await part.last_changelog_write).offset + 1
+        except (KafkaError, TimeoutError):
+            log.exception("commit of partition %d failed; its events are folded again", part.number)
+            part.store.discard()
+            return False
+        part.store.commit(checkpoint)
+        part.in_transaction = False
+        part.last_changelog_write = None
+        return True
+
+    # -- opening and closing partitions
+
+    async def _settle(self, consumer: AIOKafkaConsumer) -> None:
+        """Close every partition, then open the wanted ones (restored and positioned)."""
+        version, wanted = self._wanted_version, self._wanted
+        await self._close_all(commit=True)
+        consumer.assign([])
+        if wanted:
+            try:
+                await self._open(consumer, wanted)
+            except KafkaError:
+                log.exception("opening partitions %s failed; trying again", sorted(wanted))
+                await self._close_all(commit=False)
+                await asyncio.sleep(1.0)
+                return
+        self._open_version = version
+        if self.ready:
+            self._settled.set()
+            log.info("fold: folding partitions %s", sorted(wanted))
+
+    async def _reopen(self, partitions: set[int]) -> None:
+        """Reopen failed partitions: a new producer fences the old one; restore; seek."""
+        log.warning("reopening partitions %s", sorted(partitions))
+        self._wanted_version += 1  # the loop settles again, with the same partitions
+
+    async def _open(self, consumer: AIOKafkaConsumer, wanted: frozenset[int]) -> None:
+        settings = self.runtime.settings
+        tasks = self.runtime.tasks
+        producers: dict[int, AIOKafkaProducer] = {}
+        try:
+            for partition in sorted(wanted):
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=settings.bootstrap_servers,
+                    transactional_id=f"{settings.app_id}-fold-{partition}",
+                    linger_ms=50,
+                    max_request_size=2_000_000,
+                )
+                # starting it fences the previous owner and ends its open transaction, so the
+                # changelog and the committed offset read below are final
+                await producer.start()
+                producers[partition] = producer
+            stores = await self._restore({p: tasks.database(p) for p in wanted})
+            tps = [TopicPartition(settings.topics.events, p) for p in sorted(wanted)]
+            consumer.assign(tps)
+            for tp in tps:
+                committed = await consumer.committed(tp)
+                start = committed if committed is not None else 0
+                if committed is None:
+                    consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, committed)
+                number = tp.partition
+                part = _Partition(number, producers[number], stores[number], start)
+                self._partitions[tp.partition] = part
+                tasks.open[tp.partition] = part.store
+                await self.runtime.processed.advance(tp.partition, start - 1)
+        except BaseException:
+            for partition, producer in producers.items():
+                if partition not in self._partitions:
+                    await _stop_quietly(producer)
+            raise
+        self._rebuild_deadlines()
+
+    async def _restore(self, stores: dict[int, PartitionStore]) -> dict[int, PartitionStore]:
+        """Bring each store up to its changelog's last stable offset; return the stores."""
+        settings = self.runtime.settings
+        restorer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+        )
+        await restorer.start()
+        began, restored = time.monotonic(), 0
+        try:
+            tps = {TopicPartition(self.changelog, p): p for p in stores}
+            restorer.assign(list(tps))
+            ends = await restorer.end_offsets(list(tps))
+            todo = set()
+            for tp, partition in tps.items():
+                start = stores[partition].checkpoint
+                if start > ends[tp]:
+                    log.warning(
+                        "%s[%d] ends at %d before the local checkpoint %d: "
+                        "the topic was replaced; restoring from its start",
+                        tp.topic,
+                        tp.partition,
+                        ends[tp],
+                        start,
+                    )
+                    stores[partition] = self.runtime.tasks.wipe(partition)
+                    start = 0
+                if start < ends[tp]:
+                    restorer.seek(tp, start)
+                    todo.add(tp)
+            while todo:
+                batches = await restorer.getmany(*todo, timeout_ms=500)
+                for tp, records in batches.items():
+                    entries = [(r.key, r.value) for r in records if r.key is not None]
+                    stores[tps[tp]].restore(entries, records[-1].offset + 1)
+                    restored += len(entries)
+                for tp in list(todo):
+                    if await restorer.position(tp) >= ends[tp]:
+                        stores[tps[tp]].restore([], ends[tp])
+                        todo.discard(tp)
+        finally:
+            await restorer.stop()
+        if restored:
+            log.info(
+                "fold: restored %d task states of partitions %s in %.1f s",
+                restored,
+                sorted(stores),
+                time.monotonic() - began,
+            )
+        return stores
+
+    async def _close_all(self, commit: bool) -> None:
+        """Close every open partition, committing its transaction first if ``commit``."""
+        if not self._partitions:
+            return
+        async with self.lock:
+            if commit:
+                await self._commit_all()
+            parts, self._partitions = list(self._partitions.values()), {}
+            self.runtime.tasks.open.clear()
+            for part in parts:
+                part.store.discard()
+        await asyncio.gather(*(_stop_quietly(part.producer) for part in parts))
+
+    def _rebuild_deadlines(self) -> None:
+        index = self.runtime.deadlines
+        index.clear()
+        for key, value in self.runtime.tasks.items():
+            index.track(key.decode("utf-8"), next_deadline(state_from_json(value)))
+        log.info("deadline index rebuilt: %d tasks", len(index))
+
+
+async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+    """Stop a producer; an open transaction is left for the next owner's producer to end."""
     try:
-        stored = runtime.tasks.get(message.key)
-        state = state_from_json(stored) if stored is not None else None
-        outcome = apply(state, task_event)
-        if outcome.state is not None and outcome.state is not state:
-            runtime.metrics.observe_fold(state, task_event, outcome.state)
-            runtime.tasks[message.key] = state_to_json(outcome.state)
-            runtime.deadlines.track(task_event.task_id, next_deadline(outcome.state))
-        for effect in outcome.effects:
-            await outbox.carry_out(effect)
-    except Exception as exc:  # a bug must not stop the stream: park the event, keep going
-        log.exception("fold failed on %s[%d]@%d", message.topic, message.partition, message.offset)
-        await outbox.dead_letter("processing_error", f"{type(exc).__name__}: {exc}")
+        await asyncio.wait_for(producer.stop(), 10.0)
+    except (KafkaError, TimeoutError):
+        log.warning("a fold producer did not stop cleanly", exc_info=True)
 
 
-class _Outbox:
-    """Sends the effects of one source event inside that event's transaction."""
+async def _wait(event: asyncio.Event, timeout_s: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout_s)
 
-    def __init__(self, runtime: Runtime, event: EventT[Any]) -> None:
-        self._app = runtime.app
+
+class _Folding:
+    """The fold of one record, and its outputs, inside its partition's transaction."""
+
+    def __init__(
+        self, service: FoldService, part: _Partition, record: ConsumerRecord[bytes, bytes]
+    ) -> None:
+        runtime = service.runtime
+        self._runtime = runtime
+        self._changelog = service.changelog
         self._topics = runtime.settings.topics
-        self._metrics = runtime.metrics
-        self._event = event
-        self._transaction = transactions.transactional_id_for(runtime.app, event)
-        self._event_time_ms = int(event.message.timestamp * 1000)
-        message = event.message
+        self._part = part
+        self._record = record
+        self._event_time_ms = record.timestamp
         # where each output came from: an audit can trace any record back to its event
         self._provenance = [
-            ("source.topic", message.topic.encode()),
-            ("source.partition", str(message.partition).encode()),
-            ("source.offset", str(message.offset).encode()),
+            ("source.topic", record.topic.encode()),
+            ("source.partition", str(record.partition).encode()),
+            ("source.offset", str(record.offset).encode()),
             ("worker", WORKER_ID),
         ]
 
+    async def run(self) -> None:
+        record = self._record
+        key = record.key or b""
+        task_event = event_of_record(record.key, record.value or b"")
+        if isinstance(task_event, Refusal):
+            await self.dead_letter(task_event.reason, task_event.detail)
+            return
+        try:
+            stored = self._part.store.get(key)
+            state = state_from_json(stored) if stored is not None else None
+            outcome = apply(state, task_event)
+            effects = list(outcome.effects)
+            new_state = outcome.state
+        except Exception as exc:  # a bug must not stop the fold: park the event, keep going
+            log.exception("fold failed on %s[%d]@%d", record.topic, record.partition, record.offset)
+            await self.dead_letter("processing_error", f"{type(exc).__name__}: {exc}")
+            return
+        if new_state is not None and new_state is not state:
+            self._runtime.metrics.observe_fold(state, task_event, new_state)
+            value = state_to_json(new_state)
+            self._part.store.put(key, value)
+            self._part.last_changelog_write = await self._part.producer.send(
+                self._changelog, value, key=key, partition=self._part.number
+            )
+            self._runtime.deadlines.track(task_event.task_id, next_deadline(new_state))
+        for effect in effects:
+            await self.carry_out(effect)
+
     async def carry_out(self, effect: Effect) -> None:
+        topics = self._topics
         if isinstance(effect, ReadyToSchedule):
-            await self._send(self._topics.ready, effect.platform.encode(), encode_ready(effect))
+            await self._send(topics.ready, effect.platform.encode(), encode_ready(effect))
         elif isinstance(effect, FollowUp):
             key = effect.event.task_id.encode("utf-8")
-            await self._send(self._topics.events, key, encode_event(effect.event))
+            await self._send(topics.events, key, encode_event(effect.event))
         elif isinstance(effect, CompletedTask):
             key = effect.task_id.encode("utf-8")
-            await self._send(self._topics.completed, key, encode_completed(effect))
+            await self._send(topics.completed, key, encode_completed(effect))
         elif isinstance(effect, Released):
             released = TaskReleased(effect.task_id, effect.completed, effect.throttled_ms)
             signal = SchedulerSignal(effect.platform, self._event_time_ms, released)
-            await self._send(self._topics.signals, effect.platform.encode(), encode_signal(signal))
+            await self._send(topics.signals, effect.platform.encode(), encode_signal(signal))
         elif isinstance(effect, Rejected):
             await self.dead_letter(str(effect.code), effect.reason)
 
     async def dead_letter(self, reason: str, detail: str) -> None:
-        self._metrics.dlq.labels(reason).inc()
-        message = self._event.message
+        self._runtime.metrics.dlq.labels(reason).inc()
+        record = self._record
         headers = [("reason", reason.encode()), ("detail", detail.encode())]
         log.warning(
             "dead-lettered %s[%d]@%d: %s: %s",
-            message.topic,
-            message.partition,
-            message.offset,
+            record.topic,
+            record.partition,
+            record.offset,
             reason,
             detail,
         )
-        await self._send(self._topics.dlq, message.key, message.value or b"", headers)
+        await self._send(self._topics.dlq, record.key, record.value or b"", headers)
 
     async def _send(
         self,
@@ -133,12 +522,7 @@ class _Outbox:
         value: bytes,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
-        await self._app.producer.send(
-            topic,
-            key,
-            value,
-            None,
-            None,
-            [*(headers or ()), *self._provenance],
-            transactional_id=self._transaction,
+        # a record that cannot be delivered fails the transaction, and so the commit
+        await self._part.producer.send(
+            topic, value, key=key, headers=[*(headers or ()), *self._provenance]
         )

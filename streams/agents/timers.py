@@ -1,7 +1,7 @@
 """The timer: writes the events that only the clock can cause, for the tasks this worker owns.
 
-The fold agent tells the :class:`DeadlineIndex` each task's next deadline as it stores the task;
-after a rebalance the timer rebuilds the index from the table for its new partitions. Every tick
+The fold tells the :class:`DeadlineIndex` each task's next deadline as it stores the task, and
+rebuilds the index from the table when it opens its partitions after a rebalance. Every tick
 it pops what is due, re-reads the task, asks the pure core for the due event
 (:func:`~streams.domain.timers.due_event`) and writes it to ``task.events`` with a plain producer:
 a timer runs outside any event, so it cannot take part in a transaction. The event's id is
@@ -11,17 +11,12 @@ derived from the deadline, so a repeated write is applied once by the fold.
 from __future__ import annotations
 
 import heapq
-import logging
 import time
-
-from aiokafka.partitioner import murmur2
 
 from schemas import encode_event
 from streams.app import Runtime
 from streams.domain import state_from_json
 from streams.domain.timers import due_event, next_deadline
-
-log = logging.getLogger(__name__)
 
 RETRY_AFTER_MS = 5_000
 """If the state has not moved this long after a timer event was written, write it again."""
@@ -66,38 +61,20 @@ def register(runtime: Runtime) -> None:
 class _Timer:
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
-        self._owned: frozenset[int] = frozenset()
 
     async def tick(self) -> None:
-        app = self._runtime.app
-        if app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
-            return
-        owned = frozenset(
-            tp.partition
-            for tp in app.assignor.assigned_actives()
-            if tp.topic == self._runtime.settings.topics.events
-        )
-        if owned != self._owned:
-            self._rebuild(owned)
+        fold = self._runtime.fold
+        if fold is None or not fold.ready:
+            return  # the index is rebuilt when the fold has opened its partitions
         now_ms = int(time.time() * 1000)
         for task_id in self._runtime.deadlines.pop_due(now_ms):
             await self._check(task_id, now_ms)
 
-    def _rebuild(self, owned: frozenset[int]) -> None:
-        index = self._runtime.deadlines
-        index.clear()
-        for key, value in self._runtime.tasks.items():
-            index.track(key.decode("utf-8"), next_deadline(state_from_json(value)))
-        self._owned = owned
-        log.info("deadline index rebuilt for partitions %s: %d tasks", sorted(owned), len(index))
-
     async def _check(self, task_id: str, now_ms: int) -> None:
-        partition = (
-            murmur2(task_id.encode("utf-8")) & 0x7FFFFFFF
-        ) % self._runtime.settings.partitions
-        if partition not in self._owned:
+        key = task_id.encode("utf-8")
+        if not self._runtime.tasks.is_open(self._runtime.tasks.partition_of(key)):
             return
-        stored = self._runtime.tasks.get(task_id.encode("utf-8"))
+        stored = self._runtime.tasks.get(key)
         if stored is None:
             return
         state = state_from_json(stored)
@@ -105,7 +82,6 @@ class _Timer:
         if event is None:
             self._runtime.deadlines.track(task_id, next_deadline(state))
             return
-        key = task_id.encode("utf-8")
         await self._runtime.producer.send(
             self._runtime.settings.topics.events, key, encode_event(event)
         )

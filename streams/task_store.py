@@ -1,0 +1,149 @@
+"""The ``tasks`` table: each task's state, one RocksDB database per partition of ``task.events``.
+
+A partition's database only ever holds *committed* state. The fold's writes since the last
+commit wait in memory (:attr:`PartitionStore.uncommitted`, read through by :meth:`get`); when
+the partition's transaction commits they go to RocksDB in one atomic write batch, together
+with the changelog offset they reach (the *checkpoint*). A worker killed at any moment leaves
+a database that equals the changelog up to its checkpoint, so a restart replays the changelog
+from there and nothing else: no write of an aborted transaction survives in the table, and a
+new owner of the partition never needs the old owner's files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from aiokafka.partitioner import murmur2
+from rocksdict import Options, Rdict, WriteBatch
+
+CHECKPOINT_KEY = b"\xff\xfe.checkpoint"
+"""Where a database keeps its checkpoint. Not valid UTF-8, so no task id can be this key."""
+
+WRITE_BUFFER_BYTES = 8 << 20
+"""RocksDB memtable size per partition (its default, 64 MiB, times 8 partitions is too much)."""
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives ``key`` (as on ``task.events``)."""
+    hashed: int = murmur2(key)
+    return (hashed & 0x7FFFFFFF) % partitions
+
+
+class PartitionStore:
+    """The tasks of one partition: committed state in RocksDB, uncommitted writes in memory."""
+
+    def __init__(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.set_write_buffer_size(WRITE_BUFFER_BYTES)
+        options.set_max_write_buffer_number(2)
+        self._db = Rdict(str(path), options)
+        self.uncommitted: dict[bytes, bytes | None] = {}
+
+    @property
+    def checkpoint(self) -> int:
+        """The changelog offset to restore from: everything before it is in the database."""
+        stored = self._db.get(CHECKPOINT_KEY)
+        return int(stored) if stored is not None else 0
+
+    def get(self, key: bytes) -> bytes | None:
+        """The task's latest state, uncommitted writes included (None: no such task)."""
+        if key in self.uncommitted:
+            return self.uncommitted[key]
+        value: bytes | None = self._db.get(key)
+        return value
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """Store a new state; it reaches the database when the transaction commits."""
+        self.uncommitted[key] = value
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every task of the partition, uncommitted writes included."""
+        for key, value in self._db.items():
+            if not isinstance(key, bytes) or key == CHECKPOINT_KEY or key in self.uncommitted:
+                continue
+            yield key, value
+        for key, pending in self.uncommitted.items():
+            if pending is not None:
+                yield key, pending
+
+    def commit(self, checkpoint: int | None) -> None:
+        """The transaction committed: write its states (and the new checkpoint) atomically."""
+        batch = WriteBatch(raw_mode=True)
+        for key, value in self.uncommitted.items():
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        if checkpoint is not None:
+            batch.put(CHECKPOINT_KEY, str(checkpoint).encode())
+        self._db.write(batch)
+        self.uncommitted = {}
+
+    def discard(self) -> None:
+        """The transaction was aborted (or fenced): forget its writes."""
+        self.uncommitted = {}
+
+    def restore(self, records: list[tuple[bytes, bytes | None]], checkpoint: int) -> None:
+        """Apply committed changelog records (a None value deletes) up to ``checkpoint``."""
+        self.uncommitted = dict(records)
+        self.commit(checkpoint)
+
+    def close(self) -> None:
+        """Close the database (uncommitted writes are dropped)."""
+        self.uncommitted = {}
+        self._db.close()
+
+
+class TaskStore:
+    """The tasks of the partitions this worker has open, looked up by task id."""
+
+    def __init__(self, root: Path, partitions: int) -> None:
+        self.root = root
+        self.partitions = partitions
+        self.open: dict[int, PartitionStore] = {}
+        """The partitions the fold has open (owned and restored), with their databases."""
+        self._databases: dict[int, PartitionStore] = {}
+
+    def partition_of(self, key: bytes) -> int:
+        """The partition of ``task.events`` (and of this table) that holds ``key``."""
+        return partition_of(key, self.partitions)
+
+    def is_open(self, partition: int) -> bool:
+        """Whether this worker has ``partition`` open (owned and restored)."""
+        return partition in self.open
+
+    def get(self, key: bytes) -> bytes | None:
+        """The state of task ``key`` if its partition is open here, else None."""
+        store = self.open.get(self.partition_of(key))
+        return store.get(key) if store is not None else None
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every task of the open partitions."""
+        for partition in sorted(self.open):
+            yield from self.open[partition].items()
+
+    def database(self, partition: int) -> PartitionStore:
+        """``partition``'s database, opened on first use and kept open."""
+        store = self._databases.get(partition)
+        if store is None:
+            store = self._databases[partition] = PartitionStore(self.root / f"p{partition}")
+        return store
+
+    def wipe(self, partition: int) -> PartitionStore:
+        """Delete ``partition``'s database and start an empty one (its changelog was replaced)."""
+        self.open.pop(partition, None)
+        store = self._databases.pop(partition, None)
+        if store is not None:
+            store.close()
+        Rdict.destroy(str(self.root / f"p{partition}"))
+        return self.database(partition)
+
+    def close(self) -> None:
+        """Close every database."""
+        self.open.clear()
+        for store in self._databases.values():
+            store.close()
+        self._databases.clear()
