@@ -109,6 +109,13 @@ class _Partition:
     """The offset of the next record to fold: everything before it is folded."""
     in_transaction: bool = False
     last_changelog_write: asyncio.Future[RecordMetadata] | None = None
+    broken: bool = False
+    """Its transaction failed part-way: it must not commit; the partition is reopened."""
+
+    def break_off(self) -> None:
+        """Give up the open transaction: nothing of it may commit, its writes are forgotten."""
+        self.broken = True
+        self.store.discard()
 
 
 class FoldService(Service):
@@ -138,7 +145,14 @@ class FoldService(Service):
         self._consumer: AIOKafkaConsumer | None = None
 
     async def on_start(self) -> None:
-        self._loop_task = asyncio.ensure_future(self.run())
+        self._loop_task = asyncio.ensure_future(self._run_or_crash())
+
+    async def _run_or_crash(self) -> None:
+        try:
+            await self.run()
+        except Exception as exc:  # the worker must not go on without its fold
+            log.exception("the fold stopped")
+            await self.crash(exc)
 
     async def on_stop(self) -> None:
         """Let the loop commit and close its partitions, then end."""
@@ -211,18 +225,29 @@ class FoldService(Service):
         await consumer.start()
         try:
             while not self._stopping:
-                if not self.ready:
-                    await self._settle(consumer)
-                    continue
-                if not self._partitions:
-                    self._changed.clear()
-                    await _wait(self._changed, 1.0)
-                    continue
-                await self._fold_batch(consumer)
+                try:
+                    await self._step(consumer)
+                except Exception:
+                    # not a bad record (those go to the DLQ) but a failure of the fold itself:
+                    # give up every open transaction and start the partitions again
+                    log.exception("the fold failed; reopening its partitions")
+                    for part in self._partitions.values():
+                        part.break_off()
+                    self._wanted_version += 1
+                    await asyncio.sleep(1.0)
         finally:
             await self._close_all(commit=True)
             self.runtime.tasks.close()
             await consumer.stop()
+
+    async def _step(self, consumer: AIOKafkaConsumer) -> None:
+        if not self.ready:
+            await self._settle(consumer)
+        elif not self._partitions:
+            self._changed.clear()
+            await _wait(self._changed, 1.0)
+        else:
+            await self._fold_batch(consumer)
 
     async def _fold_batch(self, consumer: AIOKafkaConsumer) -> None:
         batches = await consumer.getmany(timeout_ms=100, max_records=MAX_RECORDS)
@@ -237,6 +262,7 @@ class FoldService(Service):
                         await self._fold(part, record)
                 except KafkaError:
                     log.exception("the fold of partition %d failed; reopening it", part.number)
+                    part.break_off()
                     failed.add(part.number)
             now = time.monotonic()
             if failed or now - self._last_commit >= self.runtime.settings.commit_interval:
@@ -261,7 +287,7 @@ class FoldService(Service):
 
     async def _commit_all(self) -> set[int]:
         """Commit every open transaction; return the partitions whose commit failed."""
-        parts = [part for part in self._partitions.values() if part.in_transaction]
+        parts = [p for p in self._partitions.values() if p.in_transaction and not p.broken]
         outcomes = await asyncio.gather(*(self._commit(part) for part in parts))
         return {part.number for part, ok in zip(parts, outcomes, strict=True) if not ok}
 
@@ -278,7 +304,7 @@ class FoldService(Service):
                     checkpoint = (await part.last_changelog_write).offset + 1
         except (KafkaError, TimeoutError):
             log.exception("commit of partition %d failed; its events are folded again", part.number)
-            part.store.discard()
+            part.break_off()
             return False
         part.store.commit(checkpoint)
         part.in_transaction = False
@@ -435,19 +461,26 @@ async def _wait(event: asyncio.Event, timeout_s: float) -> None:
         await asyncio.wait_for(event.wait(), timeout_s)
 
 
+_Output = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
+"""A record to write: topic, key, value, headers."""
+
+
 class _Folding:
-    """The fold of one record, and its outputs, inside its partition's transaction."""
+    """The fold of one record, and its outputs, inside its partition's transaction.
+
+    Everything is decided and encoded before the first send: a bug (an exception) then parks
+    the record in the DLQ with nothing else written, and a Kafka error fails the partition's
+    transaction as a whole.
+    """
 
     def __init__(
         self, service: FoldService, part: _Partition, record: ConsumerRecord[bytes, bytes]
     ) -> None:
-        runtime = service.runtime
-        self._runtime = runtime
+        self._runtime = service.runtime
         self._changelog = service.changelog
-        self._topics = runtime.settings.topics
+        self._topics = service.runtime.settings.topics
         self._part = part
         self._record = record
-        self._event_time_ms = record.timestamp
         # where each output came from: an audit can trace any record back to its event
         self._provenance = [
             ("source.topic", record.topic.encode()),
@@ -461,50 +494,50 @@ class _Folding:
         key = record.key or b""
         task_event = event_of_record(record.key, record.value or b"")
         if isinstance(task_event, Refusal):
-            await self.dead_letter(task_event.reason, task_event.detail)
+            await self._write([self._dead_letter(task_event.reason, task_event.detail)])
             return
         try:
             stored = self._part.store.get(key)
             state = state_from_json(stored) if stored is not None else None
             outcome = apply(state, task_event)
-            effects = list(outcome.effects)
-            new_state = outcome.state
+            new_state = outcome.state if outcome.state is not state else None
+            value = state_to_json(new_state) if new_state is not None else None
+            outputs = [self._output(effect) for effect in outcome.effects]
         except Exception as exc:  # a bug must not stop the fold: park the event, keep going
             log.exception("fold failed on %s[%d]@%d", record.topic, record.partition, record.offset)
-            await self.dead_letter("processing_error", f"{type(exc).__name__}: {exc}")
+            await self._write(
+                [self._dead_letter("processing_error", f"{type(exc).__name__}: {exc}")]
+            )
             return
-        if new_state is not None and new_state is not state:
+        if new_state is not None and value is not None:
             self._runtime.metrics.observe_fold(state, task_event, new_state)
-            value = state_to_json(new_state)
             self._part.store.put(key, value)
             self._part.last_changelog_write = await self._part.producer.send(
                 self._changelog, value, key=key, partition=self._part.number
             )
             self._runtime.deadlines.track(task_event.task_id, next_deadline(new_state))
-        for effect in effects:
-            await self.carry_out(effect)
+        await self._write(outputs)
 
-    async def carry_out(self, effect: Effect) -> None:
+    def _output(self, effect: Effect) -> _Output:
         topics = self._topics
         if isinstance(effect, ReadyToSchedule):
-            await self._send(topics.ready, effect.platform.encode(), encode_ready(effect))
-        elif isinstance(effect, FollowUp):
+            return (topics.ready, effect.platform.encode(), encode_ready(effect), [])
+        if isinstance(effect, FollowUp):
             key = effect.event.task_id.encode("utf-8")
-            await self._send(topics.events, key, encode_event(effect.event))
-        elif isinstance(effect, CompletedTask):
-            key = effect.task_id.encode("utf-8")
-            await self._send(topics.completed, key, encode_completed(effect))
-        elif isinstance(effect, Released):
+            return (topics.events, key, encode_event(effect.event), [])
+        if isinstance(effect, CompletedTask):
+            return (topics.completed, effect.task_id.encode("utf-8"), encode_completed(effect), [])
+        if isinstance(effect, Released):
             released = TaskReleased(effect.task_id, effect.completed, effect.throttled_ms)
-            signal = SchedulerSignal(effect.platform, self._event_time_ms, released)
-            await self._send(topics.signals, effect.platform.encode(), encode_signal(signal))
-        elif isinstance(effect, Rejected):
-            await self.dead_letter(str(effect.code), effect.reason)
+            signal = SchedulerSignal(effect.platform, self._record.timestamp, released)
+            return (topics.signals, effect.platform.encode(), encode_signal(signal), [])
+        if isinstance(effect, Rejected):
+            return self._dead_letter(str(effect.code), effect.reason)
+        raise TypeError(f"unknown effect {effect!r}")
 
-    async def dead_letter(self, reason: str, detail: str) -> None:
+    def _dead_letter(self, reason: str, detail: str) -> _Output:
         self._runtime.metrics.dlq.labels(reason).inc()
         record = self._record
-        headers = [("reason", reason.encode()), ("detail", detail.encode())]
         log.warning(
             "dead-lettered %s[%d]@%d: %s: %s",
             record.topic,
@@ -513,16 +546,12 @@ class _Folding:
             reason,
             detail,
         )
-        await self._send(self._topics.dlq, record.key, record.value or b"", headers)
+        headers = [("reason", reason.encode()), ("detail", detail.encode())]
+        return (self._topics.dlq, record.key, record.value or b"", headers)
 
-    async def _send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes,
-        headers: list[tuple[str, bytes]] | None = None,
-    ) -> None:
+    async def _write(self, outputs: list[_Output]) -> None:
         # a record that cannot be delivered fails the transaction, and so the commit
-        await self._part.producer.send(
-            topic, value, key=key, headers=[*(headers or ()), *self._provenance]
-        )
+        for topic, key, value, headers in outputs:
+            await self._part.producer.send(
+                topic, value, key=key, headers=[*headers, *self._provenance]
+            )
