@@ -59,8 +59,13 @@ WORKER_ID = f"{socket.gethostname()}:{os.getpid()}".encode()
 COMMIT_TIMEOUT_S = 30.0
 """A commit that takes longer fails; the partition is reopened (its events are folded again)."""
 
-REVOKE_WAIT_S = 20.0
+REVOKE_WAIT_S = 5.0
 """How long a revocation waits for the fold to commit and close its partitions."""
+
+
+class _Superseded(Exception):
+    """The assignment changed while partitions were being opened."""
+
 
 MAX_RECORDS = 500
 """Records taken per fetch (a commit can fall after any fetch)."""
@@ -140,6 +145,7 @@ class FoldService(Service):
         self._open_version = 0
         self._changed = asyncio.Event()
         self._settled = asyncio.Event()
+        self._opening = False
         self._stopping = False
         self._loop_task: asyncio.Future[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -176,7 +182,10 @@ class FoldService(Service):
         Committing here spares the next owner folding those records again; it is not needed
         for correctness, since that owner fences this worker's producers before it reads.
         """
+        busy = bool(self._partitions) or self._opening
         self.assign(frozenset())
+        if not busy:
+            return  # nothing open, nothing being opened: nothing to commit
         try:
             await asyncio.wait_for(self._settled.wait(), REVOKE_WAIT_S)
         except TimeoutError:
@@ -319,13 +328,20 @@ class FoldService(Service):
         await self._close_all(commit=True)
         consumer.assign([])
         if wanted:
+            self._opening = True
             try:
-                await self._open(consumer, wanted)
+                await self._open(consumer, wanted, version)
+            except _Superseded:
+                log.info("fold: the assignment changed while opening %s", sorted(wanted))
+                await self._close_all(commit=False)
+                return
             except KafkaError:
                 log.exception("opening partitions %s failed; trying again", sorted(wanted))
                 await self._close_all(commit=False)
                 await asyncio.sleep(1.0)
                 return
+            finally:
+                self._opening = False
         self._open_version = version
         if self.ready:
             self._settled.set()
@@ -336,30 +352,29 @@ class FoldService(Service):
         log.warning("reopening partitions %s", sorted(partitions))
         self._wanted_version += 1  # the loop settles again, with the same partitions
 
-    async def _open(self, consumer: AIOKafkaConsumer, wanted: frozenset[int]) -> None:
+    async def _open(self, consumer: AIOKafkaConsumer, wanted: frozenset[int], version: int) -> None:
         settings = self.runtime.settings
         tasks = self.runtime.tasks
         producers: dict[int, AIOKafkaProducer] = {}
         try:
             for partition in sorted(wanted):
-                producer = AIOKafkaProducer(
+                producers[partition] = AIOKafkaProducer(
                     bootstrap_servers=settings.bootstrap_servers,
                     transactional_id=f"{settings.app_id}-fold-{partition}",
                     linger_ms=50,
                     max_request_size=2_000_000,
                 )
-                # starting it fences the previous owner and ends its open transaction, so the
-                # changelog and the committed offset read below are final
-                await producer.start()
-                producers[partition] = producer
-            stores = await self._restore({p: tasks.database(p) for p in wanted})
+            # starting a producer fences the partition's previous owner and ends its open
+            # transaction, so the changelog and the committed offset read below are final
+            await asyncio.gather(*(producer.start() for producer in producers.values()))
+            stores = await self._restore({p: tasks.database(p) for p in wanted}, version)
             tps = [TopicPartition(settings.topics.events, p) for p in sorted(wanted)]
             consumer.assign(tps)
             for tp in tps:
                 committed = await consumer.committed(tp)
                 start = committed if committed is not None else 0
                 if committed is None:
-                    consumer.seek_to_beginning(tp)
+                    await consumer.seek_to_beginning(tp)
                 else:
                     consumer.seek(tp, committed)
                 number = tp.partition
@@ -374,8 +389,15 @@ class FoldService(Service):
             raise
         self._rebuild_deadlines()
 
-    async def _restore(self, stores: dict[int, PartitionStore]) -> dict[int, PartitionStore]:
-        """Bring each store up to its changelog's last stable offset; return the stores."""
+    async def _restore(
+        self, stores: dict[int, PartitionStore], version: int
+    ) -> dict[int, PartitionStore]:
+        """Bring each store up to its changelog's last stable offset; return the stores.
+
+        Raises:
+            _Superseded: the assignment changed meanwhile (a long restore is not finished for
+                partitions that may no longer be this worker's).
+        """
         settings = self.runtime.settings
         restorer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers,
@@ -407,6 +429,8 @@ class FoldService(Service):
                     restorer.seek(tp, start)
                     todo.add(tp)
             while todo:
+                if self._wanted_version != version:
+                    raise _Superseded
                 batches = await restorer.getmany(*todo, timeout_ms=500)
                 for tp, records in batches.items():
                     entries = [(r.key, r.value) for r in records if r.key is not None]
@@ -452,7 +476,7 @@ async def _stop_quietly(producer: AIOKafkaProducer) -> None:
     """Stop a producer; an open transaction is left for the next owner's producer to end."""
     try:
         await asyncio.wait_for(producer.stop(), 10.0)
-    except (KafkaError, TimeoutError):
+    except Exception:  # it is being dropped either way
         log.warning("a fold producer did not stop cleanly", exc_info=True)
 
 

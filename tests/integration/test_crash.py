@@ -12,6 +12,7 @@ where each copy of a duplicate came from, and the whole history of any missing t
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 import uuid
@@ -34,8 +35,12 @@ from tests.integration.conftest import PARTITIONS, Cluster
 from tests.integration.kafka_io import Follower, read_to_end
 
 TASKS = 5_000
-KILLS_AFTER_COMPLETED = {"w1": TASKS // 3, "w2": 2 * TASKS // 3}
-DEADLINE_S = 240.0
+WORKERS = ("w1", "w2")
+ROUNDS = int(os.environ.get("CRASH_TEST_ROUNDS", "1"))
+"""Kill rounds: each kills both workers, one after the other (``CRASH_TEST_ROUNDS`` for more)."""
+KILLS = [(WORKERS[i % 2], (i + 1) * TASKS // (2 * ROUNDS + 1)) for i in range(2 * ROUNDS)]
+"""(worker, completed tasks seen before it is killed), in order."""
+DEADLINE_S = 240.0 + 120.0 * (ROUNDS - 1)
 
 
 def _event(task_id: str, payload: object) -> Event:
@@ -43,10 +48,11 @@ def _event(task_id: str, payload: object) -> Event:
 
 
 @pytest.mark.crash
+@pytest.mark.timeout(DEADLINE_S + 120)
 async def test_two_workers_one_killed_mid_workload_lose_and_duplicate_nothing(
     cluster: Cluster, bootstrap_servers: str
 ) -> None:
-    workers = {name: cluster.start(name) for name in KILLS_AFTER_COMPLETED}
+    workers = {name: cluster.start(name) for name in WORKERS}
     run = uuid.uuid4().hex[:8]
     ids = [f"crash-{run}-{i:05d}" for i in range(TASKS)]
     rng = random.Random(7)
@@ -62,7 +68,7 @@ async def test_two_workers_one_killed_mid_workload_lose_and_duplicate_nothing(
     completed_seen: set[str] = set()
     ready_seen: Counter[str] = Counter()
     killed: list[str] = []
-    kill_times: dict[str, int] = {}
+    kill_times: list[tuple[str, int]] = []
     try:
         async with (
             Follower(bootstrap_servers, cluster.topics.ready) as ready,
@@ -96,13 +102,13 @@ async def test_two_workers_one_killed_mid_workload_lose_and_duplicate_nothing(
                     tid = decode_completed(record.value or b"").task_id
                     if tid in mine:
                         completed_seen.add(tid)
-                for name, threshold in KILLS_AFTER_COMPLETED.items():
-                    if name not in killed and len(completed_seen) >= threshold:
-                        workers[name].kill()
-                        kill_times[name] = int(time.time() * 1000)
-                        killed.append(name)
-                        cluster.workers.remove(workers[name])
-                        workers[name] = cluster.start(name)  # same data dir: RocksDB + changelog
+                while len(killed) < len(KILLS) and len(completed_seen) >= KILLS[len(killed)][1]:
+                    name = KILLS[len(killed)][0]
+                    workers[name].kill()
+                    kill_times.append((name, int(time.time() * 1000)))
+                    killed.append(name)
+                    cluster.workers.remove(workers[name])
+                    workers[name] = cluster.start(name)  # same data dir: RocksDB + changelog
     finally:
         await producer.stop()
 
@@ -146,7 +152,7 @@ async def test_two_workers_one_killed_mid_workload_lose_and_duplicate_nothing(
     missing = sorted((mine - ready_counts.keys()) | (mine - completed_counts.keys()))
     if missing:
         await _print_histories(bootstrap_servers, cluster, missing[:4])
-    assert killed == list(KILLS_AFTER_COMPLETED)
+    assert killed == [name for name, _ in KILLS]
     assert report["ready_missing"] == 0, report
     assert report["completed_missing"] == 0, report
     if report["ready_duplicated"] or report["completed_duplicated"]:
