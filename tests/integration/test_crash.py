@@ -4,9 +4,9 @@ The test drives 5,000 tasks through created → ready → started → completed 
 executor: for every ``task.ready`` record it writes ``TaskStarted`` and ``TaskCompleted``). One
 in five tasks depends on an earlier one, so dependency signals cross partitions and workers.
 Afterwards ``task.ready`` and ``task.completed`` (read committed) must hold exactly one record
-per task. None missing is a hard requirement; a record twice is reported as an expected failure
-(XFAIL, with the counts) while that gap is open. The counts are printed (run with ``-s``), with
-where each copy of a duplicate came from, and the whole history of any missing task.
+per task: none missing, none twice. The counts are printed (run with ``-s``), with where each
+copy of a duplicate came from, and the whole history of any missing task.
+``CRASH_TEST_ROUNDS=N`` kills each worker N times instead of once.
 """
 
 from __future__ import annotations
@@ -155,11 +155,8 @@ async def test_two_workers_one_killed_mid_workload_lose_and_duplicate_nothing(
     assert killed == [name for name, _ in KILLS]
     assert report["ready_missing"] == 0, report
     assert report["completed_missing"] == 0, report
-    if report["ready_duplicated"] or report["completed_duplicated"]:
-        # Known gap (docs/exactly-once.md, "Known gap"): on a loaded machine a record is
-        # sometimes written twice around a rebalance. Loss fails the test (asserted above);
-        # duplicates are reported, with the counts and their provenance printed, not hidden.
-        pytest.xfail(f"exactly-once not yet proven across kills: {report}")
+    assert report["ready_duplicated"] == 0, report
+    assert report["completed_duplicated"] == 0, report
     assert report["ready_records"] == TASKS and report["completed_records"] == TASKS, report
 
 
