@@ -64,7 +64,7 @@ REVOKE_WAIT_S = 5.0
 
 
 class _Superseded(Exception):
-    """The assignment changed while partitions were being opened."""
+    """The assignment changed (or the worker is stopping) while partitions were being opened."""
 
 
 MAX_RECORDS = 500
@@ -147,6 +147,7 @@ class FoldService(Service):
         self._settled = asyncio.Event()
         self._opening = False
         self._stopping = False
+        self._last_commit = 0.0
         self._loop_task: asyncio.Future[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
 
@@ -279,8 +280,6 @@ class FoldService(Service):
                 self._last_commit = now
         if failed:
             await self._reopen(failed)
-
-    _last_commit = 0.0
 
     async def _fold(self, part: _Partition, record: ConsumerRecord[bytes, bytes]) -> None:
         if record.offset < part.next_offset:
@@ -429,7 +428,7 @@ class FoldService(Service):
                     restorer.seek(tp, start)
                     todo.add(tp)
             while todo:
-                if self._wanted_version != version:
+                if self._wanted_version != version or self._stopping:
                     raise _Superseded
                 batches = await restorer.getmany(*todo, timeout_ms=500)
                 for tp, records in batches.items():
