@@ -1,16 +1,18 @@
-"""Exactly-once output, Kafka Streams style: every output of an event commits with its input.
+"""faust's exactly-once, made to hold for the scheduler agent; and faust's consumer, adapted.
 
-faust's own ``exactly_once`` picks a send's transaction by the *destination* partition, so a
-send to a partition this worker does not own fails, and sends to topics the app does not consume
-go out with no transaction at all (see NOTES-faust-kafka.md). Here instead:
+The fold does its own transactions (``streams.agents.fold``, docs/exactly-once.md). The
+scheduler agent still runs under faust's ``exactly_once``, corrected the same way in spirit:
 
 - :func:`transactional_id_for` names the transaction of the partition an event was *read* from;
-  the fold agent sends every effect of the event (``task.ready``, ``task.completed``, dependency
-  signals, DLQ records) into it, wherever the record is going.
+  the scheduler sends every effect of the event into it, wherever the record is going (faust
+  would pick the transaction of the *destination* partition, which another worker may own).
 - :class:`SourcePartitionTransactions` commits a partition's transaction only between two
   events (never half-way through one), after every table changelog write of the events so far
-  has been delivered into it. A crash therefore loses or keeps an event's table write and all
-  its outputs together; a replayed event is recognised by its id in the table and emits nothing.
+  has been delivered into it.
+
+The consumer (:class:`_ConsumerThread`) asks the broker for a changelog's last stable offset
+when recovering, and never fetches the topics faust subscribes to only so that its assignor
+places their partitions (``task.events``, read by the fold's own consumer).
 """
 
 from __future__ import annotations

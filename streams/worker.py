@@ -54,13 +54,14 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
 
 
 def drop_state_after_unclean_stop(table_dir: Path, marker: Path) -> None:
-    """Delete local table state unless the last run of this data dir stopped cleanly.
+    """Delete faust's local table state (the scheduler's) unless the last run stopped cleanly.
 
-    RocksDB keeps every write at once, committed or not; a worker killed between two commits
-    leaves writes whose transaction Kafka aborted. Replaying the changelog from the last
-    persisted offset would keep them (a task created only in the aborted transaction, or an
-    event marked as seen whose outputs were never committed), so after an unclean stop the
-    tables are restored from their changelogs alone, as Kafka Streams does under exactly-once.
+    faust's RocksDB stores keep every write at once, committed or not; a worker killed between
+    two commits leaves writes whose transaction Kafka aborted, and replaying the changelog from
+    the last persisted offset would keep them. So after an unclean stop those tables are
+    restored from their changelogs alone, as Kafka Streams does under exactly-once. The
+    ``tasks`` table is not among them: it only ever holds committed state
+    (``streams.task_store``).
     """
     if table_dir.exists() and not marker.exists():
         log.warning(
