@@ -106,6 +106,17 @@ class Metrics:
             ["partition"],
             registry=r,
         )
+        self.fold_commits = Counter(
+            "orchestrator_fold_transactions_total",
+            "Transactions the fold ended: committed, or failed (their records are folded again).",
+            ["outcome"],
+            registry=r,
+        )
+        self.fold_reopens = Counter(
+            "orchestrator_fold_reopens_total",
+            "Times the fold reopened its partitions after a failure.",
+            registry=r,
+        )
 
     def observe_fold(self, before: TaskState | None, event: Event, after: TaskState | None) -> None:
         """Count what an accepted event did to a task."""

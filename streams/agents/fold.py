@@ -243,6 +243,7 @@ class FoldService(Service):
                     log.exception("the fold failed; reopening its partitions")
                     for part in self._partitions.values():
                         part.break_off()
+                    self.runtime.metrics.fold_reopens.inc()
                     self._wanted_version += 1
                     await asyncio.sleep(1.0)
         finally:
@@ -313,7 +314,9 @@ class FoldService(Service):
         except (KafkaError, TimeoutError):
             log.exception("commit of partition %d failed; its events are folded again", part.number)
             part.break_off()
+            self.runtime.metrics.fold_commits.labels("failed").inc()
             return False
+        self.runtime.metrics.fold_commits.labels("committed").inc()
         part.store.commit(checkpoint)
         part.in_transaction = False
         part.last_changelog_write = None
@@ -349,6 +352,7 @@ class FoldService(Service):
     async def _reopen(self, partitions: set[int]) -> None:
         """Reopen failed partitions: a new producer fences the old one; restore; seek."""
         log.warning("reopening partitions %s", sorted(partitions))
+        self.runtime.metrics.fold_reopens.inc()
         self._wanted_version += 1  # the loop settles again, with the same partitions
 
     async def _open(self, consumer: AIOKafkaConsumer, wanted: frozenset[int], version: int) -> None:

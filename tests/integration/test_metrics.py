@@ -77,7 +77,11 @@ async def test_metrics_count_what_the_workload_did(
     assert _value(during, "orchestrator_pending_tasks", platform=name) == 0
     assert _value(during, "orchestrator_rate_factor", platform=name) == 1.0
     assert any(key[0] == "orchestrator_fold_consumer_lag" for key in during)
+    assert delta("orchestrator_fold_transactions_total", outcome="committed") > 0
+    assert delta("orchestrator_fold_transactions_total", outcome="failed") == 0
+    assert delta("orchestrator_fold_reopens_total") == 0
     assert all(
-        dict(labels).keys() <= {"platform", "task_type", "reason", "window", "partition", "le"}
+        dict(labels).keys()
+        <= {"platform", "task_type", "reason", "window", "partition", "le", "outcome"}
         for _, labels in during
     )
