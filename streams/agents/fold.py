@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalOperation, KafkaError
 from aiokafka.structs import RecordMetadata
 from mode import Service
 
@@ -61,6 +61,10 @@ COMMIT_TIMEOUT_S = 30.0
 
 REVOKE_WAIT_S = 5.0
 """How long a revocation waits for the fold to commit and close its partitions."""
+
+
+_TRANSACTION_ERRORS = (KafkaError, IllegalOperation)
+"""What a fenced or failed producer raises (aiokafka's IllegalOperation is no KafkaError)."""
 
 
 class _Superseded(Exception):
@@ -271,7 +275,7 @@ class FoldService(Service):
                 try:
                     for record in records:
                         await self._fold(part, record)
-                except KafkaError:
+                except _TRANSACTION_ERRORS:
                     log.exception("the fold of partition %d failed; reopening it", part.number)
                     part.break_off()
                     failed.add(part.number)
@@ -311,7 +315,7 @@ class FoldService(Service):
                 checkpoint = None
                 if part.last_changelog_write is not None:
                     checkpoint = (await part.last_changelog_write).offset + 1
-        except (KafkaError, TimeoutError):
+        except (*_TRANSACTION_ERRORS, TimeoutError):
             log.exception("commit of partition %d failed; its events are folded again", part.number)
             part.break_off()
             self.runtime.metrics.fold_commits.labels("failed").inc()
@@ -475,6 +479,12 @@ class FoldService(Service):
         log.info("deadline index rebuilt: %d tasks", len(index))
 
 
+def _delivery(future: asyncio.Future[RecordMetadata]) -> asyncio.Future[RecordMetadata]:
+    """A send's delivery, whose failure is the commit's to report (not asyncio's, unretrieved)."""
+    future.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+    return future
+
+
 async def _stop_quietly(producer: AIOKafkaProducer) -> None:
     """Stop a producer; an open transaction is left for the next owner's producer to end."""
     try:
@@ -539,8 +549,10 @@ class _Folding:
         if new_state is not None and value is not None:
             self._runtime.metrics.observe_fold(state, task_event, new_state)
             self._part.store.put(key, value)
-            self._part.last_changelog_write = await self._part.producer.send(
-                self._changelog, value, key=key, partition=self._part.number
+            self._part.last_changelog_write = _delivery(
+                await self._part.producer.send(
+                    self._changelog, value, key=key, partition=self._part.number
+                )
             )
             self._runtime.deadlines.track(task_event.task_id, next_deadline(new_state))
         await self._write(outputs)
@@ -579,6 +591,8 @@ class _Folding:
     async def _write(self, outputs: list[_Output]) -> None:
         # a record that cannot be delivered fails the transaction, and so the commit
         for topic, key, value, headers in outputs:
-            await self._part.producer.send(
-                topic, value, key=key, headers=[*headers, *self._provenance]
+            _delivery(
+                await self._part.producer.send(
+                    topic, value, key=key, headers=[*headers, *self._provenance]
+                )
             )

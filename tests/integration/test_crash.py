@@ -1,4 +1,4 @@
-"""Exactly once across crashes: two workers, each killed with SIGKILL once mid-workload, restarted.
+"""Exactly once across crashes: two workers, killed with SIGKILL mid-workload, or frozen.
 
 The test drives 5,000 tasks through created → ready → started → completed (it plays the
 executor: for every ``task.ready`` record it writes ``TaskStarted`` and ``TaskCompleted``). One
@@ -7,6 +7,9 @@ Afterwards ``task.ready`` and ``task.completed`` (read committed) must hold exac
 per task: none missing, none twice. The counts are printed (run with ``-s``), with where each
 copy of a duplicate came from, and the whole history of any missing task.
 ``CRASH_TEST_ROUNDS=N`` kills each worker N times instead of once.
+
+A second test freezes a worker (SIGSTOP) until its partitions have moved, then wakes it: a
+zombie with open transactions, which must be fenced.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -31,6 +36,7 @@ from streams.domain import (
     TaskStarted,
     state_from_json,
 )
+from streams.process import WorkerProcess
 from tests.integration.conftest import PARTITIONS, Cluster
 from tests.integration.kafka_io import Follower, read_to_end
 
@@ -47,11 +53,82 @@ def _event(task_id: str, payload: object) -> Event:
     return Event(str(uuid.uuid4()), task_id, int(time.time() * 1000), Source.CLIENT, payload)  # type: ignore[arg-type]
 
 
+Disruption = Callable[[int, dict[str, WorkerProcess]], bool]
+"""Called after every poll with the number of tasks seen completed; may kill, freeze, restart.
+Returns True while it still has something to do (the workload waits for it)."""
+
+
 @pytest.mark.crash
 @pytest.mark.timeout(DEADLINE_S + 120)
 async def test_two_workers_one_killed_mid_workload_lose_and_duplicate_nothing(
     cluster: Cluster, bootstrap_servers: str
 ) -> None:
+    killed: list[str] = []
+
+    def kill_and_restart(completed: int, workers: dict[str, WorkerProcess]) -> bool:
+        while len(killed) < len(KILLS) and completed >= KILLS[len(killed)][1]:
+            name = KILLS[len(killed)][0]
+            workers[name].kill()
+            print(f"killed {name} at {int(time.time() * 1000)} (epoch ms)")
+            killed.append(name)
+            cluster.workers.remove(workers[name])
+            workers[name] = cluster.start(name)  # same data dir: RocksDB + changelog
+        return len(killed) < len(KILLS)
+
+    report = await _run_workload(cluster, bootstrap_servers, kill_and_restart)
+    assert killed == [name for name, _ in KILLS]
+    _assert_exactly_once(report)
+
+
+TAKEN_OVER = f"fold: folding partitions {list(range(PARTITIONS))}".encode()
+"""What w2 logs when it folds every partition, w1's included."""
+
+
+@pytest.mark.crash
+@pytest.mark.timeout(DEADLINE_S + 120)
+async def test_a_frozen_worker_whose_partitions_moved_cannot_commit_when_it_wakes(
+    cluster: Cluster, bootstrap_servers: str
+) -> None:
+    # SIGSTOP mid-workload; once w2 folds all the partitions (after the session timeout), SIGCONT:
+    # w1 wakes with open transactions and fetched records, a zombie. w2's producers fenced its
+    # producers, so nothing w1 folded before or after its sleep commits unless w1 owns the
+    # partition again and restored it; the workload goes on while w1 rejoins.
+    frozen_log_offset: list[int] = []
+    thawed_at_completed: list[int] = []
+
+    def freeze_then_thaw(completed: int, workers: dict[str, WorkerProcess]) -> bool:
+        w1, w2 = workers["w1"], workers["w2"]
+        if not frozen_log_offset and completed >= TASKS // 4:
+            w1.process.send_signal(signal.SIGSTOP)
+            frozen_log_offset.append(w2.log_file.stat().st_size)
+            print(f"froze w1 at {int(time.time() * 1000)} (epoch ms), {completed} completed")
+        elif frozen_log_offset and not thawed_at_completed:
+            with w2.log_file.open("rb") as log:
+                log.seek(frozen_log_offset[0])
+                if TAKEN_OVER in log.read():
+                    w1.process.send_signal(signal.SIGCONT)
+                    thawed_at_completed.append(completed)
+                    print(
+                        f"thawed w1 at {int(time.time() * 1000)} (epoch ms), {completed} completed"
+                    )
+        return not thawed_at_completed
+
+    report = await _run_workload(cluster, bootstrap_servers, freeze_then_thaw)
+    assert thawed_at_completed, "w2 never took over w1's partitions"
+    assert thawed_at_completed[0] < TASKS, "the workload ended before w1 woke"
+    _assert_exactly_once(report)
+
+
+async def _run_workload(
+    cluster: Cluster, bootstrap_servers: str, disrupt: Disruption
+) -> dict[str, int]:
+    """Drive TASKS tasks to completion on two workers while ``disrupt`` acts; count outputs.
+
+    Plays the executor: for every ``task.ready`` record it writes ``TaskStarted`` and
+    ``TaskCompleted``. Then stops the workers and reads ``task.ready`` and ``task.completed``
+    (read committed) to their ends, prints the counts and, for any duplicate or missing task,
+    where its records came from.
+    """
     workers = {name: cluster.start(name) for name in WORKERS}
     run = uuid.uuid4().hex[:8]
     ids = [f"crash-{run}-{i:05d}" for i in range(TASKS)]
@@ -67,8 +144,6 @@ async def test_two_workers_one_killed_mid_workload_lose_and_duplicate_nothing(
     await producer.start()
     completed_seen: set[str] = set()
     ready_seen: Counter[str] = Counter()
-    killed: list[str] = []
-    kill_times: list[tuple[str, int]] = []
     try:
         async with (
             Follower(bootstrap_servers, cluster.topics.ready) as ready,
@@ -83,7 +158,8 @@ async def test_two_workers_one_killed_mid_workload_lose_and_duplicate_nothing(
                 )
             await producer.flush()
             deadline = time.monotonic() + DEADLINE_S
-            while len(completed_seen) < TASKS and time.monotonic() < deadline:
+            busy = True
+            while (len(completed_seen) < TASKS or busy) and time.monotonic() < deadline:
                 for record in await ready.next_batch(100):
                     tid = decode_ready(record.value or b"").task_id
                     if tid not in mine:
@@ -102,13 +178,7 @@ async def test_two_workers_one_killed_mid_workload_lose_and_duplicate_nothing(
                     tid = decode_completed(record.value or b"").task_id
                     if tid in mine:
                         completed_seen.add(tid)
-                while len(killed) < len(KILLS) and len(completed_seen) >= KILLS[len(killed)][1]:
-                    name = KILLS[len(killed)][0]
-                    workers[name].kill()
-                    kill_times.append((name, int(time.time() * 1000)))
-                    killed.append(name)
-                    cluster.workers.remove(workers[name])
-                    workers[name] = cluster.start(name)  # same data dir: RocksDB + changelog
+                busy = disrupt(len(completed_seen), workers)
     finally:
         await producer.stop()
 
@@ -130,7 +200,6 @@ async def test_two_workers_one_killed_mid_workload_lose_and_duplicate_nothing(
     completed_counts = Counter(decode_completed(r.value or b"").task_id for r in completed_records)
     report = {
         "tasks": TASKS,
-        "kills": len(killed),
         "ready_records": len(ready_records),
         "ready_missing": len(mine - ready_counts.keys()),
         "ready_duplicated": sum(1 for c in ready_counts.values() if c > 1),
@@ -139,7 +208,6 @@ async def test_two_workers_one_killed_mid_workload_lose_and_duplicate_nothing(
         "completed_duplicated": sum(1 for c in completed_counts.values() if c > 1),
     }
     print(f"crash test: {json.dumps(report)}")
-    print(f"kills at (epoch ms): {json.dumps(kill_times)}")
     for name, records, counts in (
         ("ready", ready_records, ready_counts),
         ("completed", completed_records, completed_counts),
@@ -152,7 +220,10 @@ async def test_two_workers_one_killed_mid_workload_lose_and_duplicate_nothing(
     missing = sorted((mine - ready_counts.keys()) | (mine - completed_counts.keys()))
     if missing:
         await _print_histories(bootstrap_servers, cluster, missing[:4])
-    assert killed == [name for name, _ in KILLS]
+    return report
+
+
+def _assert_exactly_once(report: dict[str, int]) -> None:
     assert report["ready_missing"] == 0, report
     assert report["completed_missing"] == 0, report
     assert report["ready_duplicated"] == 0, report
