@@ -180,6 +180,11 @@ def _wait_seconds(asked: str | None, default_s: float) -> float:
 async def _read(
     runtime: Runtime, view: View, request: Request, task_id: str
 ) -> tuple[TaskState | None, Response]:
+    wait_s = _wait_seconds(request.query.get("wait"), runtime.settings.read_timeout)
+    key = task_id.encode("utf-8")
+    # right after a rebalance the fold may still be restoring the task's partition
+    if not await runtime.fold.wait_open(runtime.tasks.partition_of(key), wait_s):
+        return None, _not_ready(view)
     after = request.query.get("after")
     if after:
         try:
@@ -188,13 +193,9 @@ async def _read(
             return None, view.json(
                 {"error": "bad_request", "detail": "after must be PARTITION:OFFSET"}, status=400
             )
-        wait_s = _wait_seconds(request.query.get("wait"), runtime.settings.read_timeout)
         if not await runtime.processed.wait_for(partition, offset, wait_s):
             detail = f"the worker has not processed offset {offset} of partition {partition} yet"
             return None, view.json({"error": "not_caught_up", "detail": detail}, status=503)
-    key = task_id.encode("utf-8")
-    if not runtime.tasks.is_open(runtime.tasks.partition_of(key)):
-        return None, _not_ready(view)
     stored = runtime.tasks.get(key)
     state = state_from_json(stored) if stored is not None else None
     if state is None or not state.status.is_created:

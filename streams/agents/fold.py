@@ -149,6 +149,7 @@ class FoldService(Service):
         self._open_version = 0
         self._changed = asyncio.Event()
         self._settled = asyncio.Event()
+        self._opened = asyncio.Condition()
         self._opening = False
         self._stopping = False
         self._last_commit = 0.0
@@ -206,6 +207,19 @@ class FoldService(Service):
     def open_partitions(self) -> frozenset[int]:
         """The partitions folded here now (owned, restored and positioned)."""
         return frozenset(self._partitions)
+
+    async def wait_open(self, partition: int, timeout_s: float) -> bool:
+        """Wait until ``partition`` is folded here (False if not within ``timeout_s``)."""
+
+        async def opened() -> None:
+            async with self._opened:
+                await self._opened.wait_for(lambda: partition in self._partitions)
+
+        try:
+            await asyncio.wait_for(opened(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     def positions(self) -> dict[int, int]:
         """Per open partition, the offset of the last record the table reflects (-1: none)."""
@@ -349,6 +363,8 @@ class FoldService(Service):
             finally:
                 self._opening = False
         self._open_version = version
+        async with self._opened:
+            self._opened.notify_all()
         if self.ready:
             self._settled.set()
             log.info("fold: folding partitions %s", sorted(wanted))
