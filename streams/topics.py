@@ -27,6 +27,10 @@ SCHEDULER_SIGNALS = "scheduler.signals"
 SCHEDULER_EVENTS = "scheduler.events"
 
 DLQ_RETENTION_MS = 14 * 24 * 60 * 60 * 1000
+DLQ_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+"""Twice the broker's default record size: a refused record of any size the broker accepted on
+``task.events`` still fits into the DLQ with its reason and provenance headers (at the default
+it would not, and its transaction would fail on every try, stopping its partition)."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,10 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(TASK_READY, {"retention.ms": str(7 * 24 * 60 * 60 * 1000)}),
     TopicSpec(TASK_DISPATCH, {"retention.ms": str(7 * 24 * 60 * 60 * 1000)}),
     TopicSpec(TASK_COMPLETED, {"cleanup.policy": "compact"}),
-    TopicSpec(TASK_EVENTS_DLQ, {"retention.ms": str(DLQ_RETENTION_MS)}),
+    TopicSpec(
+        TASK_EVENTS_DLQ,
+        {"retention.ms": str(DLQ_RETENTION_MS), "max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)},
+    ),
     TopicSpec(SCHEDULER_SIGNALS, {"retention.ms": str(24 * 60 * 60 * 1000)}),
     TopicSpec(SCHEDULER_EVENTS, {"retention.ms": str(30 * 24 * 60 * 60 * 1000)}),
 )

@@ -5,10 +5,14 @@ from __future__ import annotations
 import time
 import uuid
 
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError
+
 from schemas import SingleObjectCodec, decode_ready, encode_event, load_schema
 from schemas.records import event_to_record
 from streams.client import TaskManager
 from streams.domain import Event, Source, TaskCreated, TaskProgress, TaskStarted
+from streams.process import WorkerProcess
 from tests.integration.kafka_io import Follower, produce
 
 
@@ -89,3 +93,42 @@ async def test_bad_events_are_dead_lettered_and_later_events_still_processed(
     async with TaskManager(client_config) as tm:
         assert (await tm.get_task_status(progress))["progress"] == 0.0
         assert (await tm.get_task_status(illegal))["status"] == "ready"
+
+
+async def test_a_refused_record_as_large_as_the_broker_allows_is_dead_lettered_whole(
+    bootstrap_servers: str, worker: WorkerProcess
+) -> None:
+    # its DLQ copy carries reason and provenance headers on top: with the broker's default
+    # record size on the DLQ it could not be written, and the fold would retry it forever
+    run = uuid.uuid4().hex[:8]
+    big, after = f"dlq-big-{run}", f"dlq-after-big-{run}"
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, max_request_size=2_000_000)
+    await producer.start()
+    try:
+        async with (
+            Follower(bootstrap_servers, "task.events.dlq") as dlq,
+            Follower(bootstrap_servers, "task.ready") as ready,
+        ):
+            size = 1_048_588 - 80  # the broker's default message.max.bytes, less batch overhead
+            while True:  # the largest garbage value task.events accepts
+                value = b"\x00" + b"x" * size
+                try:
+                    await (await producer.send("task.events", value, key=big.encode()))
+                    break
+                except MessageSizeTooLargeError:
+                    size -= 16
+            created = encode_event(_created(after))
+            await producer.send_and_wait("task.events", created, key=after.encode())
+            dead: bytes | None = None
+            ready_ids: set[str] = set()
+            deadline = time.monotonic() + 60
+            while (dead is None or after not in ready_ids) and time.monotonic() < deadline:
+                for record in await dlq.next_batch():
+                    if record.key == big.encode():
+                        dead = record.value
+                for record in await ready.next_batch():
+                    ready_ids.add(decode_ready(record.value or b"").task_id)
+    finally:
+        await producer.stop()
+    assert dead == value, "the whole record is in the DLQ"
+    assert after in ready_ids, "the event after it was processed"
