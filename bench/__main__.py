@@ -46,6 +46,8 @@ CASES = ("fold", "peer", "replay", "lifecycle", "latency", "memory")
 
 async def run(bootstrap: str, root: Path, args: argparse.Namespace) -> list[Result]:
     cases = set(args.only or CASES)
+    if "peer" in cases:
+        cases.add("fold")  # the peer's row is its rate as a multiple of the fold's
     results: list[Result] = []
     if cases & {"fold", "peer", "replay"}:
         topic = await fold.prefill(bootstrap, args.events // 3)

@@ -21,21 +21,10 @@ from typing import Any, NamedTuple
 from quixstreams import Application, State
 from quixstreams.models.serializers import SerializationContext, Serializer
 
-from schemas import encode_completed, encode_event, encode_ready
-from schemas.records import decode_event, encode_signal
-from streams.domain import (
-    CompletedTask,
-    Effect,
-    FollowUp,
-    ReadyToSchedule,
-    Rejected,
-    Released,
-    apply,
-    state_from_dict,
-    state_to_dict,
-)
-from streams.domain.signals import SchedulerSignal, TaskReleased
+from schemas.records import decode_event
+from streams.domain import Effect, Rejected, apply, state_from_dict, state_to_dict
 from streams.errors import SchemaError
+from streams.outputs import effect_record
 from streams.topics import TopicNames
 
 
@@ -77,19 +66,9 @@ class PeerFold:
         return [self._output(effect, key, value, timestamp) for effect in outcome.effects]
 
     def _output(self, effect: Effect, key: bytes, value: bytes, timestamp: int) -> Output:
-        t = self.topics
-        if isinstance(effect, ReadyToSchedule):
-            return Output(t.ready, effect.platform.encode(), encode_ready(effect))
-        if isinstance(effect, FollowUp):
-            return Output(t.events, effect.event.task_id.encode(), encode_event(effect.event))
-        if isinstance(effect, CompletedTask):
-            return Output(t.completed, effect.task_id.encode(), encode_completed(effect))
-        if isinstance(effect, Released):
-            released = TaskReleased(effect.task_id, effect.completed, effect.throttled_ms)
-            signal = SchedulerSignal(effect.platform, timestamp, released)
-            return Output(t.signals, effect.platform.encode(), encode_signal(signal))
-        assert isinstance(effect, Rejected)
-        return Output(t.dlq, key, value)
+        if isinstance(effect, Rejected):
+            return Output(self.topics.dlq, key, value)
+        return Output(*effect_record(effect, self.topics, timestamp))
 
 
 def build(

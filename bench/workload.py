@@ -16,9 +16,9 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.partitioner import murmur2
 
 from schemas import encode_event
+from streams import task_store
 from streams.domain import (
     Event,
     Payload,
@@ -91,8 +91,8 @@ def lifecycle_events(tasks: int) -> list[Event]:
 
 
 def partition_of(key: bytes, partitions: int = PARTITIONS) -> int:
-    """The partition Kafka's default partitioner (murmur2, as faust and aiokafka) gives ``key``."""
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+    """The partition of ``key`` on the bench's topics (Kafka's default partitioner)."""
+    return task_store.partition_of(key, partitions)
 
 
 async def produce_records(

@@ -32,22 +32,11 @@ from aiokafka.errors import IllegalOperation, KafkaError
 from aiokafka.structs import RecordMetadata
 from mode import Service
 
-from schemas import encode_completed, encode_event, encode_ready
-from schemas.records import Refusal, encode_signal, event_of_record
+from schemas.records import Refusal, event_of_record
 from streams.app import Runtime
-from streams.domain import (
-    CompletedTask,
-    Effect,
-    FollowUp,
-    ReadyToSchedule,
-    Rejected,
-    Released,
-    apply,
-    state_from_json,
-    state_to_json,
-)
-from streams.domain.signals import SchedulerSignal, TaskReleased
+from streams.domain import Effect, Rejected, apply, state_from_json, state_to_json
 from streams.domain.timers import next_deadline
+from streams.outputs import effect_record
 from streams.task_store import PartitionStore
 from streams.topics import tasks_changelog
 
@@ -151,6 +140,8 @@ class FoldService(Service):
         self._settled = asyncio.Event()
         self._opened = asyncio.Condition()
         self._opening = False
+        self._indexed: frozenset[int] = frozenset()
+        """The partitions whose tasks the deadline index was last built from."""
         self._stopping = False
         self._last_commit = 0.0
         self._loop_task: asyncio.Future[None] | None = None
@@ -390,7 +381,7 @@ class FoldService(Service):
             # starting a producer fences the partition's previous owner and ends its open
             # transaction, so the changelog and the committed offset read below are final
             await asyncio.gather(*(producer.start() for producer in producers.values()))
-            stores = await self._restore({p: tasks.database(p) for p in wanted}, version)
+            stores, restored = await self._restore({p: tasks.database(p) for p in wanted}, version)
             tps = [TopicPartition(settings.topics.events, p) for p in sorted(wanted)]
             consumer.assign(tps)
             for tp in tps:
@@ -410,12 +401,19 @@ class FoldService(Service):
                 if partition not in self._partitions:
                     await _stop_quietly(producer)
             raise
-        self._rebuild_deadlines()
+        if wanted != self._indexed or restored:
+            # the table changed under the index (new partitions, or others' writes restored);
+            # otherwise the fold's own tracking kept it current, and a full scan is not needed
+            self._rebuild_deadlines()
+            self._indexed = wanted
 
     async def _restore(
         self, stores: dict[int, PartitionStore], version: int
-    ) -> dict[int, PartitionStore]:
-        """Bring each store up to its changelog's last stable offset; return the stores.
+    ) -> tuple[dict[int, PartitionStore], int]:
+        """Bring each store up to its changelog's last stable offset.
+
+        Returns:
+            The stores, and how many changelog records were applied.
 
         Raises:
             _Superseded: the assignment changed meanwhile (a long restore is not finished for
@@ -472,7 +470,7 @@ class FoldService(Service):
                 sorted(stores),
                 time.monotonic() - began,
             )
-        return stores
+        return stores, restored
 
     async def _close_all(self, commit: bool) -> None:
         """Close every open partition, committing its transaction first if ``commit``."""
@@ -574,21 +572,10 @@ class _Folding:
         await self._write(outputs)
 
     def _output(self, effect: Effect) -> _Output:
-        topics = self._topics
-        if isinstance(effect, ReadyToSchedule):
-            return (topics.ready, effect.platform.encode(), encode_ready(effect), [])
-        if isinstance(effect, FollowUp):
-            key = effect.event.task_id.encode("utf-8")
-            return (topics.events, key, encode_event(effect.event), [])
-        if isinstance(effect, CompletedTask):
-            return (topics.completed, effect.task_id.encode("utf-8"), encode_completed(effect), [])
-        if isinstance(effect, Released):
-            released = TaskReleased(effect.task_id, effect.completed, effect.throttled_ms)
-            signal = SchedulerSignal(effect.platform, self._record.timestamp, released)
-            return (topics.signals, effect.platform.encode(), encode_signal(signal), [])
         if isinstance(effect, Rejected):
             return self._dead_letter(str(effect.code), effect.reason)
-        raise TypeError(f"unknown effect {effect!r}")
+        topic, key, value = effect_record(effect, self._topics, self._record.timestamp)
+        return topic, key, value, []
 
     def _dead_letter(self, reason: str, detail: str) -> _Output:
         self._runtime.metrics.dlq.labels(reason).inc()

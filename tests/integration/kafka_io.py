@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
+from streams import task_store
+
 Record = ConsumerRecord[bytes, bytes]
 
 
@@ -147,7 +149,5 @@ class Follower:
 
 
 def partition_of(key: str, partitions: int) -> int:
-    """The partition the default (murmur2) partitioner gives ``key``, as Kafka clients do."""
-    from aiokafka.partitioner import murmur2
-
-    return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
+    """The partition the default (murmur2) partitioner gives the task id ``key``."""
+    return task_store.partition_of(key.encode("utf-8"), partitions)
