@@ -23,6 +23,11 @@ class RejectionCode(StrEnum):
     STALE = "stale"
     PROGRESS_OUT_OF_RANGE = "progress_out_of_range"
     RESULT_TOO_LARGE = "result_too_large"
+    TOO_LARGE = "too_large"
+    """A field is over its bound (``streams.domain.bounds``)."""
+    INVALID_ID = "invalid_id"
+    """The task id (or a dependency id) is empty, too long or uses characters outside the
+    id alphabet."""
 
 
 @dataclass(frozen=True)

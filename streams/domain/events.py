@@ -35,6 +35,9 @@ class DependencyOutcome(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     MISSING = "missing"
+    REFUSED = "refused"
+    """The dependency refused the registration: it has the most dependents a task may have
+    (``bounds.MAX_DEPENDENTS``), or too long a chain waits on it (``bounds.MAX_WAITING``)."""
 
 
 @dataclass(frozen=True)

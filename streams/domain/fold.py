@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from streams.domain import bounds
 from streams.domain.effects import (
     CompletedTask,
     Effect,
@@ -60,8 +61,8 @@ from streams.domain.events import (
 from streams.domain.retry import retry_delay_ms
 from streams.domain.state import Status, TaskPolicy, TaskState, Transition
 
-MAX_RESULT_BYTES = 512 * 1024
-"""Largest result accepted in ``TaskCompleted``; Kafka's default message limit is 1 MB."""
+MAX_RESULT_BYTES = bounds.MAX_RESULT_BYTES
+"""Largest result accepted in ``TaskCompleted`` (see ``streams.domain.bounds``)."""
 
 _ACTIVE = frozenset(
     {Status.PENDING, Status.READY, Status.DISPATCHED, Status.RUNNING, Status.RETRYING}
@@ -111,10 +112,11 @@ def apply(state: TaskState | None, event: Event) -> Outcome:
         return _refused(state, RejectionCode.INVALID_PAYLOAD, "event is for another task")
     handler = _HANDLERS[type(event.payload)]
     try:
+        _check_bounds(event)
         new_state, effects = handler(state, event, event.payload)
     except _Refusal as refusal:
         return _refused(state, refusal.code, refusal.reason)
-    seen = (*new_state.seen_event_ids, event.event_id)
+    seen = (*new_state.seen_event_ids, event.event_id)[-bounds.SEEN_EVENT_IDS_KEPT :]
     return Outcome(
         replace(new_state, seen_event_ids=seen, updated_at_ms=event.occurred_at_ms), effects
     )
@@ -137,6 +139,79 @@ def fold(
 
 def _refused(state: TaskState | None, code: RejectionCode, reason: str) -> Outcome:
     return Outcome(state, (Rejected(code, reason),))
+
+
+# -- bounds ---------------------------------------------------------------------------------
+
+
+def _check_bounds(event: Event) -> None:
+    """Refuse an event whose fields are over the bounds of ``streams.domain.bounds``.
+
+    Whatever a producer wrote, an accepted event can then never grow a state (or an output)
+    past what its topic takes. Free text (errors, reasons) is cut by the handlers instead.
+    """
+    _refuse_id(bounds.id_problem("task_id", event.task_id))
+    if not event.event_id or len(event.event_id) > bounds.MAX_EVENT_ID_CHARS:
+        raise _Refusal(
+            RejectionCode.INVALID_PAYLOAD,
+            f"event_id must have 1 to {bounds.MAX_EVENT_ID_CHARS} characters",
+        )
+    p = event.payload
+    if isinstance(p, TaskCreated):
+        _check_created(p)
+    elif isinstance(p, TaskCompleted):
+        _refuse(bounds.result_problem(len(p.result)), RejectionCode.RESULT_TOO_LARGE)
+        if len(p.content_type) > bounds.MAX_CONTENT_TYPE_CHARS:
+            _refuse(f"content_type over {bounds.MAX_CONTENT_TYPE_CHARS} characters")
+    elif isinstance(p, DependencyRegistered):
+        _refuse_id(bounds.id_problem("dependent_id", p.dependent_id))
+        if len(p.waiting) > bounds.MAX_WAITING + 1:
+            _refuse(f"{len(p.waiting)} waiting tasks, more than {bounds.MAX_WAITING + 1}")
+        _refuse_id(
+            next(filter(None, (bounds.id_problem("waiting id", w) for w in p.waiting)), None)
+        )
+        _refuse_span("wait_ms", p.wait_ms)
+    elif isinstance(p, DependencyResolved):
+        _refuse_id(bounds.id_problem("dependency_id", p.dependency_id))
+    elif isinstance(p, TaskFailed):
+        _refuse_span("throttled_ms", p.throttled_ms)
+    elif isinstance(p, TaskRetryScheduled):
+        _refuse_span("delay_ms", p.delay_ms)
+
+
+def _check_created(p: TaskCreated) -> None:
+    for name, value in (("task_type", p.task_type), ("platform", p.platform)):
+        problem = bounds.name_problem(name, value)
+        if problem is not None and len(value) > bounds.MAX_NAME_CHARS:
+            _refuse(problem)
+        _refuse(problem, RejectionCode.INVALID_PAYLOAD)
+    problem = bounds.target_problem(p.target)
+    if problem is not None and "limit" in problem:
+        _refuse(problem)
+    _refuse(problem, RejectionCode.INVALID_PAYLOAD)
+    if len(p.dependencies) > bounds.MAX_DEPENDENCIES:
+        _refuse(bounds.dependencies_problem(p.dependencies))
+    _refuse_id(bounds.dependencies_problem(p.dependencies))
+    if p.priority > bounds.MAX_PRIORITY:
+        _refuse(f"priority {p.priority} above {bounds.MAX_PRIORITY}", RejectionCode.INVALID_PAYLOAD)
+    if p.max_attempts > bounds.MAX_ATTEMPTS:
+        _refuse(f"max_attempts {p.max_attempts} above the limit of {bounds.MAX_ATTEMPTS}")
+    for name in ("timeout_ms", "retry_delay_ms", "result_ttl_ms", "dependency_wait_ms"):
+        _refuse_span(name, getattr(p, name))
+
+
+def _refuse(problem: str | None, code: RejectionCode = RejectionCode.TOO_LARGE) -> None:
+    if problem is not None:
+        raise _Refusal(code, problem)
+
+
+def _refuse_id(problem: str | None) -> None:
+    _refuse(problem, RejectionCode.INVALID_ID)
+
+
+def _refuse_span(name: str, value_ms: int) -> None:
+    if value_ms > bounds.MAX_POLICY_MS:
+        _refuse(f"{name} {value_ms} above the limit of {bounds.MAX_POLICY_MS} ms")
 
 
 _Result = tuple[TaskState, tuple[Effect, ...]]
@@ -216,10 +291,15 @@ def _validate_created(p: TaskCreated) -> None:
 def _on_registered(state: TaskState | None, event: Event, p: DependencyRegistered) -> _Result:
     if p.dependent_id == event.task_id:
         raise _Refusal(RejectionCode.INVALID_PAYLOAD, "a task cannot be its own dependent")
+    if state is not None and _is_full(state, p):
+        # answered at once and not recorded: the state must stay within its bounds
+        return state, (_answer(event, p.dependent_id, DependencyOutcome.REFUSED),)
     if state is None or state.status is Status.AWAITED:
         return _await(state, event, p), ()
     if state.status is Status.MISSING:  # its dependents were dropped when it was declared missing
         return state, (_late_answer(state, event, p.dependent_id),)
+    if state.status.is_terminal and len(state.dependents) >= bounds.MAX_DEPENDENTS:
+        return state, (_late_answer(state, event, p.dependent_id),)  # answered, not recorded
     task = replace(state, dependents=_with(state.dependents, p.dependent_id))
     if task.status in _OUTCOME_OF:
         # recorded even though it is answered at once, so that a task's dependents do not depend
@@ -237,6 +317,16 @@ def _on_registered(state: TaskState | None, event: Event, p: DependencyRegistere
     return replace(task, waiting=waiting), tuple(
         _follow_up(event, dep, signal) for dep in task.open_dependencies
     )
+
+
+def _is_full(state: TaskState, p: DependencyRegistered) -> bool:
+    """Whether recording this registration would take ``state`` past its bounds."""
+    if p.dependent_id in state.dependents or state.status.is_terminal:
+        return False
+    if len(state.dependents) >= bounds.MAX_DEPENDENTS:
+        return True
+    waits = state.status in (Status.AWAITED, Status.PENDING)
+    return waits and len({*state.waiting, *p.waiting}) > bounds.MAX_WAITING
 
 
 def _await(state: TaskState | None, event: Event, p: DependencyRegistered) -> TaskState:
@@ -262,6 +352,12 @@ def _on_resolved(state: TaskState | None, event: Event, p: DependencyResolved) -
         raise _Refusal(RejectionCode.INVALID_PAYLOAD, f"{p.dependency_id} is not a dependency")
     if task.status is not Status.PENDING or p.dependency_id not in task.open_dependencies:
         return task, ()  # a late or repeated answer: the dependency was already accounted for
+    if p.outcome is DependencyOutcome.REFUSED:
+        reason = (
+            f"dependency {p.dependency_id} refused the registration: it has "
+            f"{bounds.MAX_DEPENDENTS} dependents, or {bounds.MAX_WAITING} tasks wait on it"
+        )
+        return _finish(task, event, Status.CANCELLED, reason, DependencyOutcome.CANCELLED)
     if p.outcome is not DependencyOutcome.COMPLETED:
         reason = f"dependency {p.dependency_id} {p.outcome}"
         return _finish(task, event, Status.CANCELLED, reason, DependencyOutcome.CANCELLED)
@@ -297,7 +393,8 @@ def _on_deferred(state: TaskState | None, event: Event, p: TaskDeferred) -> _Res
     if task.status is not Status.READY:
         return task, ()  # it moved on meanwhile: nothing to explain any more
     until = p.until_ms or None
-    return replace(task, held_reason=p.reason, held_detail=p.detail, held_until_ms=until), ()
+    reason, detail = bounds.cut_reason(p.reason), bounds.cut_reason(p.detail)
+    return replace(task, held_reason=reason, held_detail=detail, held_until_ms=until), ()
 
 
 def _on_started(state: TaskState | None, event: Event, p: TaskStarted) -> _Result:
@@ -350,7 +447,7 @@ def _on_completed(state: TaskState | None, event: Event, p: TaskCompleted) -> _R
 
 def _on_failed(state: TaskState | None, event: Event, p: TaskFailed) -> _Result:
     task = _require(state, event, Status.RUNNING, Status.DISPATCHED)
-    return _fail_attempt(task, event, p.error, p.retryable, p.throttled_ms)
+    return _fail_attempt(task, event, bounds.cut_reason(p.error), p.retryable, p.throttled_ms)
 
 
 def _on_timed_out(state: TaskState | None, event: Event, p: TaskTimedOut) -> _Result:
@@ -381,7 +478,8 @@ def _on_retry_due(state: TaskState | None, event: Event, p: TaskRetryDue) -> _Re
 def _on_cancelled(state: TaskState | None, event: Event, p: TaskCancelled) -> _Result:
     task = _require(state, event, *_ACTIVE)
     task = replace(task, deadline_ms=None, retry_due_at_ms=None)
-    return _finish(task, event, Status.CANCELLED, p.reason, DependencyOutcome.CANCELLED)
+    reason = bounds.cut_reason(p.reason)
+    return _finish(task, event, Status.CANCELLED, reason, DependencyOutcome.CANCELLED)
 
 
 # -- shared steps --------------------------------------------------------------------------
@@ -490,7 +588,10 @@ def _follow_up(
 
 def _enter(task: TaskState, status: Status, event: Event) -> TaskState:
     transition = Transition(status, event.occurred_at_ms, event.event_id)
-    return replace(task, status=status, history=(*task.history, transition))
+    history = (*task.history, transition)
+    if len(history) > bounds.HISTORY_KEPT:  # keep the creation and the newest transitions
+        history = (history[0], *history[len(history) - bounds.HISTORY_KEPT + 1 :])
+    return replace(task, status=status, history=history)
 
 
 def _with(ids: tuple[str, ...], new_id: str) -> tuple[str, ...]:

@@ -657,7 +657,10 @@ def test_deferral_of_a_task_that_moved_on_changes_nothing_but_its_bookkeeping() 
 )
 def test_creation_with_an_invalid_field_is_refused_naming_it(field: str, value: Any) -> None:
     rejection = tf.refuse(None, tf.created("t", **{field: value}))
-    assert rejection.code is RejectionCode.INVALID_PAYLOAD
+    expected = (
+        RejectionCode.INVALID_ID if field == "dependencies" else RejectionCode.INVALID_PAYLOAD
+    )
+    assert rejection.code is expected
     assert field in rejection.reason
 
 
