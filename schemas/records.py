@@ -145,7 +145,9 @@ def event_of_record(key: bytes | None, value: bytes) -> Event | Refusal:
     except SchemaError as exc:
         return Refusal("undecodable", str(exc))
     if key is None or key != event.task_id.encode("utf-8"):
-        detail = f"key {key!r} is not the task id {event.task_id!r}"
+        # the key itself is not repeated (it may be as large as the record): its size and start
+        shown = "no key" if key is None else f"a key of {len(key)} bytes starting {key[:40]!r}"
+        detail = f"{shown} is not the task id {event.task_id[:200]!r}"
         return Refusal("key_mismatch", detail, event)
     return event
 

@@ -11,11 +11,14 @@ new owner of the partition never needs the old owner's files.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 from aiokafka.partitioner import murmur2
 from rocksdict import Options, Rdict, WriteBatch
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = b"\xff\xfe.checkpoint"
 """Where a database keeps its checkpoint. Not valid UTF-8, so no task id can be this key."""
@@ -105,6 +108,8 @@ class TaskStore:
         self.partitions = partitions
         self.open: dict[int, PartitionStore] = {}
         """The partitions the fold has open (owned and restored), with their databases."""
+        self.failure: str | None = None
+        """Why the last write to a database failed (a full disk, say), until one succeeds."""
         self._databases: dict[int, PartitionStore] = {}
 
     def partition_of(self, key: bytes) -> int:
@@ -131,6 +136,20 @@ class TaskStore:
         if store is None:
             store = self._databases[partition] = PartitionStore(self.root / f"p{partition}")
         return store
+
+    def reopen(self) -> None:
+        """Close every database, so the next :meth:`database` opens it afresh.
+
+        After a failed write (ENOSPC) RocksDB refuses all writes until it is reopened; the
+        committed data is on disk, and what the failed write held is in the changelog.
+        """
+        self.open.clear()
+        for store in self._databases.values():
+            try:
+                store.close()
+            except Exception:  # a database in error may fail to close; it is dropped anyway
+                log.warning("a task database did not close cleanly", exc_info=True)
+        self._databases.clear()
 
     def wipe(self, partition: int) -> PartitionStore:
         """Delete ``partition``'s database and start an empty one (its changelog was replaced)."""

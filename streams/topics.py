@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from streams.domain.bounds import EVENT_RECORD_MAX_BYTES, LARGE_RECORD_MAX_BYTES
 from streams.errors import InfrastructureError
 
 log = logging.getLogger(__name__)
@@ -27,10 +28,10 @@ SCHEDULER_SIGNALS = "scheduler.signals"
 SCHEDULER_EVENTS = "scheduler.events"
 
 DLQ_RETENTION_MS = 14 * 24 * 60 * 60 * 1000
-DLQ_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
-"""Twice the broker's default record size: a refused record of any size the broker accepted on
-``task.events`` still fits into the DLQ with its reason and provenance headers (at the default
-it would not, and its transaction would fail on every try, stopping its partition)."""
+DLQ_MAX_MESSAGE_BYTES = LARGE_RECORD_MAX_BYTES
+"""Twice ``task.events``' limit: a refused record of any size ``task.events`` accepted still
+fits into the DLQ with its reason and provenance headers (at the same limit it would not, and
+its transaction would fail on every try)."""
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,20 @@ class TopicSpec:
 
 
 TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec(TASK_EVENTS, {"retention.ms": "-1", "retention.bytes": "-1"}),
+    TopicSpec(
+        TASK_EVENTS,
+        {
+            "retention.ms": "-1",
+            "retention.bytes": "-1",
+            "max.message.bytes": str(EVENT_RECORD_MAX_BYTES),
+        },
+    ),
     TopicSpec(TASK_READY, {"retention.ms": str(7 * 24 * 60 * 60 * 1000)}),
     TopicSpec(TASK_DISPATCH, {"retention.ms": str(7 * 24 * 60 * 60 * 1000)}),
-    TopicSpec(TASK_COMPLETED, {"cleanup.policy": "compact"}),
+    TopicSpec(
+        TASK_COMPLETED,
+        {"cleanup.policy": "compact", "max.message.bytes": str(EVENT_RECORD_MAX_BYTES)},
+    ),
     TopicSpec(
         TASK_EVENTS_DLQ,
         {"retention.ms": str(DLQ_RETENTION_MS), "max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)},
@@ -127,7 +138,12 @@ async def ensure_topics(
     prefix = (names or TopicNames()).prefix
     specs = [TopicSpec(prefix + spec.name, spec.config) for spec in TOPICS]
     if app_id is not None:
-        specs.append(TopicSpec(tasks_changelog(app_id), {"cleanup.policy": "compact"}))
+        # a task's state may be larger than the event that made it (bounds.MAX_STATE_BYTES)
+        changelog_config = {
+            "cleanup.policy": "compact",
+            "max.message.bytes": str(LARGE_RECORD_MAX_BYTES),
+        }
+        specs.append(TopicSpec(tasks_changelog(app_id), changelog_config))
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=15_000)
     try:
         await admin.start()

@@ -28,13 +28,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import IllegalOperation, KafkaError
+from aiokafka.errors import (
+    CorruptRecordException,
+    IllegalOperation,
+    InvalidMessageError,
+    InvalidTimestampError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    PolicyViolationError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    UnsupportedForMessageFormatError,
+)
 from aiokafka.structs import RecordMetadata
 from mode import Service
 
 from schemas.records import Refusal, event_of_record
 from streams.app import Runtime
 from streams.domain import Effect, Rejected, apply, state_from_json, state_to_json
+from streams.domain.bounds import LARGE_RECORD_MAX_BYTES, PRODUCER_MAX_REQUEST_BYTES
 from streams.domain.timers import next_deadline
 from streams.outputs import effect_record
 from streams.task_store import PartitionStore
@@ -60,8 +72,62 @@ class _Superseded(Exception):
     """The assignment changed (or the worker is stopping) while partitions were being opened."""
 
 
+class _StoreFailed(Exception):
+    """The task database could not be opened or written while partitions were being opened."""
+
+
 MAX_RECORDS = 500
 """Records taken per fetch (a commit can fall after any fetch)."""
+
+ATTEMPTS_PER_RECORD = 3
+"""Failures on one record (its own fault, folded alone) before it is dead-lettered."""
+
+DLQ_DETAIL_MAX_CHARS = 1_000
+"""The ``detail`` header of a DLQ record is cut to this: the copy must always fit the DLQ."""
+
+REOPEN_BACKOFF_S = (0.0, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+"""Waits before reopening after 0, 1, 2, ... consecutive failures (the last one repeats)."""
+
+LOG_AGAIN_AFTER_S = 60.0
+"""A failure of the same cause is logged again (with its count) at most this often."""
+
+_TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+_REFUSED = (
+    CorruptRecordException,
+    InvalidMessageError,
+    InvalidTimestampError,
+    PolicyViolationError,
+    UnsupportedForMessageFormatError,
+)
+"""Errors the broker (or the producer) gives for one record: that record's fault, not Kafka's."""
+
+
+def record_fault(exc: BaseException) -> str | None:
+    """The DLQ reason if ``exc`` refuses a record for what it holds (None: not the record's fault).
+
+    ``output_too_large``: an output (a state, a result, a DLQ copy) is over its topic's
+    ``max.message.bytes``; ``output_refused``: the broker refused the record for another reason.
+    """
+    if isinstance(exc, _TOO_LARGE):
+        return "output_too_large"
+    if isinstance(exc, _REFUSED):
+        return "output_refused"
+    return None
+
+
+@dataclass
+class _Suspects:
+    """Offsets of a partition below ``until`` were in a transaction that a record made fail.
+
+    They are folded one per transaction, so a failure names its record; a record found at
+    fault is dead-lettered (in a transaction of its own) instead of being folded again.
+    """
+
+    until: int
+    attempts: dict[int, int]
+    dead: dict[int, tuple[str, str, bool]]
+    """Offset → (reason, detail, whether the copy keeps the record's key and value) of the
+    records to dead-letter."""
 
 
 def fold_group(app_id: str) -> str:
@@ -107,6 +173,8 @@ class _Partition:
     """The offset of the next record to fold: everything before it is folded."""
     in_transaction: bool = False
     last_changelog_write: asyncio.Future[RecordMetadata] | None = None
+    deliveries: list[tuple[int, asyncio.Future[RecordMetadata]]] | None = None
+    """Each send of the open transaction, with the offset of the record that caused it."""
     broken: bool = False
     """Its transaction failed part-way: it must not commit; the partition is reopened."""
 
@@ -114,6 +182,12 @@ class _Partition:
         """Give up the open transaction: nothing of it may commit, its writes are forgotten."""
         self.broken = True
         self.store.discard()
+
+    def sent(self, offset: int, delivery: asyncio.Future[RecordMetadata]) -> None:
+        """Remember a send of the record at ``offset``: the commit waits for its acknowledgement."""
+        if self.deliveries is None:
+            self.deliveries = []
+        self.deliveries.append((offset, _delivery(delivery)))
 
 
 class FoldService(Service):
@@ -146,6 +220,13 @@ class FoldService(Service):
         self._last_commit = 0.0
         self._loop_task: asyncio.Future[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        self._suspects: dict[int, _Suspects] = {}
+        self._folding: tuple[int, int] | None = None
+        """The partition and offset being folded (to blame a failure on its record)."""
+        self._failures = 0
+        """Consecutive failures (reopens wait longer after each); a commit resets it."""
+        self._store_broken = False
+        self._logged: dict[str, tuple[float, int]] = {}
 
     async def on_start(self) -> None:
         self._loop_task = asyncio.ensure_future(self._run_or_crash())
@@ -246,15 +327,19 @@ class FoldService(Service):
             while not self._stopping:
                 try:
                     await self._step(consumer)
-                except Exception:
+                except Exception as exc:
                     # not a bad record (those go to the DLQ) but a failure of the fold itself:
-                    # give up every open transaction and start the partitions again
-                    log.exception("the fold failed; reopening its partitions")
+                    # give up every open transaction and start the partitions again; if it
+                    # happened on a record, that record is suspect (dead-lettered after
+                    # ATTEMPTS_PER_RECORD failures folded alone)
+                    self._log_failure("loop", exc, "the fold failed; reopening its partitions")
+                    if self._folding is not None:
+                        partition, offset = self._folding
+                        self._folding = None
+                        self._blame(partition, offset, offset + 1, exc, surely=False)
                     for part in self._partitions.values():
                         part.break_off()
-                    self.runtime.metrics.fold_reopens.inc()
-                    self._wanted_version += 1
-                    await asyncio.sleep(1.0)
+                    self._reopen(set(self._partitions))
         finally:
             await self._close_all(commit=True)
             self.runtime.tasks.close()
@@ -280,26 +365,42 @@ class FoldService(Service):
                 try:
                     for record in records:
                         await self._fold(part, record)
-                except _TRANSACTION_ERRORS:
-                    log.exception("the fold of partition %d failed; reopening it", part.number)
-                    part.break_off()
+                        if part.broken:
+                            break
+                except _TRANSACTION_ERRORS as exc:
+                    # raised by a send of this very record (a size check, say) or by the
+                    # producer as a whole (fenced): record_fault tells which
+                    self._failed(part, exc, record.offset, surely=True)
+                self._folding = None
+                if part.broken:
                     failed.add(part.number)
             now = time.monotonic()
             if failed or now - self._last_commit >= self.runtime.settings.commit_interval:
                 failed |= await self._commit_all()
                 self._last_commit = now
         if failed:
-            await self._reopen(failed)
+            self._reopen(failed)
 
     async def _fold(self, part: _Partition, record: ConsumerRecord[bytes, bytes]) -> None:
         if record.offset < part.next_offset:
             return  # already folded (a fetch from before the last seek)
+        suspects = self._suspects.get(part.number)
+        alone = suspects is not None and record.offset < suspects.until
+        if alone and part.in_transaction and not await self._commit(part):
+            return  # the records before it failed: the partition is reopened
         if not part.in_transaction:
             await part.producer.begin_transaction()
             part.in_transaction = True
-        await _Folding(self, part, record).run()
+        self._folding = (part.number, record.offset)
+        dead = suspects.dead.get(record.offset) if suspects is not None else None
+        if dead is not None:
+            await _Folding(self, part, record).give_up(*dead)
+        else:
+            await _Folding(self, part, record).run()
         part.next_offset = record.offset + 1
         await self.runtime.processed.advance(part.number, record.offset)
+        if alone:
+            await self._commit(part)
 
     # -- commits
 
@@ -310,9 +411,22 @@ class FoldService(Service):
         return {part.number for part, ok in zip(parts, outcomes, strict=True) if not ok}
 
     async def _commit(self, part: _Partition) -> bool:
+        """Commit the partition's transaction once every record of it was acknowledged.
+
+        A record the broker refused fails the transaction (nothing of it becomes visible);
+        the partition is then reopened and its records folded again, the culprit alone.
+        """
         events = TopicPartition(self.runtime.settings.topics.events, part.number)
+        suspects = self._suspects.get(part.number)
         try:
             async with asyncio.timeout(COMMIT_TIMEOUT_S):
+                for offset, delivery in part.deliveries or ():
+                    try:
+                        await delivery
+                    except _TRANSACTION_ERRORS as exc:
+                        self._failed(part, exc, offset, surely=False)
+                        self.runtime.metrics.fold_commits.labels("failed").inc()
+                        return False
                 await part.producer.send_offsets_to_transaction(
                     {events: part.next_offset}, self.group
                 )
@@ -320,16 +434,87 @@ class FoldService(Service):
                 checkpoint = None
                 if part.last_changelog_write is not None:
                     checkpoint = (await part.last_changelog_write).offset + 1
-        except (*_TRANSACTION_ERRORS, TimeoutError):
-            log.exception("commit of partition %d failed; its events are folded again", part.number)
-            part.break_off()
+        except (*_TRANSACTION_ERRORS, TimeoutError) as exc:
+            self._failed(part, exc, None, surely=False)
             self.runtime.metrics.fold_commits.labels("failed").inc()
             return False
         self.runtime.metrics.fold_commits.labels("committed").inc()
-        part.store.commit(checkpoint)
         part.in_transaction = False
         part.last_changelog_write = None
+        part.deliveries = None
+        self._failures = 0
+        if suspects is not None and part.next_offset >= suspects.until:
+            del self._suspects[part.number]  # every suspect record is past
+        try:
+            part.store.commit(checkpoint)
+        except Exception as exc:  # RocksDB: a full disk, say; the changelog has the states
+            self._store_failed(exc)
+            part.break_off()
+            return False
+        self.runtime.tasks.failure = None
         return True
+
+    # -- failures
+
+    def _failed(
+        self, part: _Partition, exc: BaseException, offset: int | None, surely: bool
+    ) -> None:
+        """The partition's transaction failed (``offset``: on a send of that record)."""
+        part.break_off()
+        cause = f"commit of partition {part.number} failed; its events are folded again"
+        self._log_failure(f"commit:{part.number}", exc, cause)
+        if offset is not None and record_fault(exc) is not None:
+            self._blame(part.number, offset, max(part.next_offset, offset + 1), exc, surely)
+
+    def _blame(
+        self, partition: int, offset: int, until: int, exc: BaseException, surely: bool
+    ) -> None:
+        """A failure may have come from the record at ``offset``.
+
+        It surely did if ``surely`` or if the record was folded alone (in a transaction of its
+        own). Records up to ``until`` are folded alone from now on. A record surely at fault is
+        dead-lettered: at once if the broker refused its output for its size or content (that
+        cannot change), after ATTEMPTS_PER_RECORD failures otherwise.
+        """
+        suspects = self._suspects.get(partition)
+        alone = suspects is not None and offset < suspects.until
+        if suspects is None:
+            suspects = self._suspects[partition] = _Suspects(until, {}, {})
+        suspects.until = max(suspects.until, until)
+        if not (surely or alone):
+            return
+        detail = f"{type(exc).__name__}: {exc}"
+        fault = record_fault(exc)
+        attempts = suspects.attempts[offset] = suspects.attempts.get(offset, 0) + 1
+        if offset in suspects.dead:  # even its DLQ copy failed: keep only what is known
+            why = f"its dead-letter copy failed: {detail}"
+            suspects.dead[offset] = ("unprocessable", why, False)
+        elif fault is not None:
+            suspects.dead[offset] = (fault, detail, True)
+        elif attempts >= ATTEMPTS_PER_RECORD:
+            suspects.dead[offset] = ("unprocessable", f"failed {attempts} times: {detail}", True)
+
+    def _store_failed(self, exc: BaseException) -> None:
+        """A write to the task database failed: close it; reopen (and retry) after a wait."""
+        self.runtime.tasks.failure = f"{type(exc).__name__}: {exc}"
+        self._store_broken = True
+        self._log_failure(
+            "store", exc, "the task database refused a write; its partitions stop until it works"
+        )
+
+    def _log_failure(self, kind: str, exc: BaseException, message: str) -> None:
+        """Log a failure once per cause (and then at most every LOG_AGAIN_AFTER_S, counted)."""
+        key = f"{kind}:{type(exc).__name__}"
+        now = time.monotonic()
+        last, count = self._logged.get(key, (-LOG_AGAIN_AFTER_S, 0))
+        if now - last < LOG_AGAIN_AFTER_S:
+            self._logged[key] = (last, count + 1)
+            return
+        self._logged[key] = (now, 0)
+        again = f" ({count} more times since the last report)" if count else ""
+        log.warning(
+            "%s%s: %s: %s", message, again, type(exc).__name__, _cut(str(exc)), exc_info=exc
+        )
 
     # -- opening and closing partitions
 
@@ -338,6 +523,16 @@ class FoldService(Service):
         version, wanted = self._wanted_version, self._wanted
         await self._close_all(commit=True)
         consumer.assign([])
+        if self._failures and wanted:
+            # after failures, wait (longer each time) so a lasting cause is not a reopen storm
+            backoff = REOPEN_BACKOFF_S[min(self._failures, len(REOPEN_BACKOFF_S) - 1)]
+            self._changed.clear()
+            await _wait(self._changed, backoff)
+            if self._stopping or version != self._wanted_version:
+                return  # stopping, or the assignment changed meanwhile: settle that instead
+        if self._store_broken:
+            self._store_broken = False
+            self.runtime.tasks.reopen()  # RocksDB writes again only once reopened
         if wanted:
             self._opening = True
             try:
@@ -346,10 +541,15 @@ class FoldService(Service):
                 log.info("fold: the assignment changed while opening %s", sorted(wanted))
                 await self._close_all(commit=False)
                 return
-            except KafkaError:
-                log.exception("opening partitions %s failed; trying again", sorted(wanted))
+            except KafkaError as exc:
+                self._log_failure("open", exc, f"opening partitions {sorted(wanted)} failed")
                 await self._close_all(commit=False)
-                await asyncio.sleep(1.0)
+                self._failures += 1
+                return
+            except _StoreFailed as failed:
+                self._store_failed(failed.__cause__ or failed)
+                await self._close_all(commit=False)
+                self._failures += 1
                 return
             finally:
                 self._opening = False
@@ -360,10 +560,11 @@ class FoldService(Service):
             self._settled.set()
             log.info("fold: folding partitions %s", sorted(wanted))
 
-    async def _reopen(self, partitions: set[int]) -> None:
+    def _reopen(self, partitions: set[int]) -> None:
         """Reopen failed partitions: a new producer fences the old one; restore; seek."""
-        log.warning("reopening partitions %s", sorted(partitions))
+        log.info("reopening partitions %s", sorted(partitions))
         self.runtime.metrics.fold_reopens.inc()
+        self._failures += 1
         self._wanted_version += 1  # the loop settles again, with the same partitions
 
     async def _open(self, consumer: AIOKafkaConsumer, wanted: frozenset[int], version: int) -> None:
@@ -376,12 +577,21 @@ class FoldService(Service):
                     bootstrap_servers=settings.bootstrap_servers,
                     transactional_id=f"{settings.app_id}-fold-{partition}",
                     linger_ms=50,
-                    max_request_size=2_000_000,
+                    # above every topic's limit: the broker refuses an oversize record, and
+                    # the fold blames the record (see record_fault)
+                    max_request_size=PRODUCER_MAX_REQUEST_BYTES,
                 )
             # starting a producer fences the partition's previous owner and ends its open
             # transaction, so the changelog and the committed offset read below are final
             await asyncio.gather(*(producer.start() for producer in producers.values()))
-            stores, restored = await self._restore({p: tasks.database(p) for p in wanted}, version)
+            try:
+                databases = {p: tasks.database(p) for p in wanted}
+                stores, restored = await self._restore(databases, version)
+            except (_Superseded, KafkaError):
+                raise
+            except Exception as exc:  # RocksDB could not open or write: a disk problem
+                raise _StoreFailed(str(exc)) from exc
+            tasks.failure = None
             tps = [TopicPartition(settings.topics.events, p) for p in sorted(wanted)]
             consumer.assign(tps)
             for tp in tps:
@@ -425,6 +635,7 @@ class FoldService(Service):
             enable_auto_commit=False,
             isolation_level="read_committed",
             auto_offset_reset="earliest",
+            max_partition_fetch_bytes=LARGE_RECORD_MAX_BYTES + 65_536,
         )
         await restorer.start()
         began, restored = time.monotonic(), 0
@@ -507,6 +718,10 @@ async def _stop_quietly(producer: AIOKafkaProducer) -> None:
         log.warning("a fold producer did not stop cleanly", exc_info=True)
 
 
+def _cut(text: str, limit: int = DLQ_DETAIL_MAX_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 async def _wait(event: asyncio.Event, timeout_s: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), timeout_s)
@@ -540,6 +755,18 @@ class _Folding:
             ("worker", WORKER_ID),
         ]
 
+    async def give_up(self, reason: str, detail: str, keep_bytes: bool) -> None:
+        """Dead-letter the record instead of folding it (it made its transaction fail).
+
+        Without ``keep_bytes`` the copy holds no key and no value, only the reason and where
+        the record is (``task.events`` keeps it forever).
+        """
+        output = self._dead_letter(reason, detail)
+        if not keep_bytes:
+            topic, _, _, headers = output
+            output = (topic, None, b"", headers)
+        await self._write([output])
+
     async def run(self) -> None:
         record = self._record
         key = record.key or b""
@@ -563,11 +790,11 @@ class _Folding:
         if new_state is not None and value is not None:
             self._runtime.metrics.observe_fold(state, task_event, new_state)
             self._part.store.put(key, value)
-            self._part.last_changelog_write = _delivery(
-                await self._part.producer.send(
-                    self._changelog, value, key=key, partition=self._part.number
-                )
+            write = await self._part.producer.send(
+                self._changelog, value, key=key, partition=self._part.number
             )
+            self._part.sent(self._record.offset, write)
+            self._part.last_changelog_write = write
             self._runtime.deadlines.track(task_event.task_id, next_deadline(new_state))
         await self._write(outputs)
 
@@ -580,6 +807,7 @@ class _Folding:
     def _dead_letter(self, reason: str, detail: str) -> _Output:
         self._runtime.metrics.dlq.labels(reason).inc()
         record = self._record
+        detail = _cut(detail)  # the copy must fit the DLQ whatever the record held
         log.warning(
             "dead-lettered %s[%d]@%d: %s: %s",
             record.topic,
@@ -592,10 +820,9 @@ class _Folding:
         return (self._topics.dlq, record.key, record.value or b"", headers)
 
     async def _write(self, outputs: list[_Output]) -> None:
-        # a record that cannot be delivered fails the transaction, and so the commit
+        # the commit waits for each delivery: a refused record fails the transaction
         for topic, key, value, headers in outputs:
-            _delivery(
-                await self._part.producer.send(
-                    topic, value, key=key, headers=[*headers, *self._provenance]
-                )
+            delivery = await self._part.producer.send(
+                topic, value, key=key, headers=[*headers, *self._provenance]
             )
+            self._part.sent(self._record.offset, delivery)
