@@ -320,7 +320,9 @@ class FoldService(Service):
             enable_auto_commit=False,
             isolation_level="read_committed",
             auto_offset_reset="earliest",
-            max_partition_fetch_bytes=1 << 20,
+            # above any record task.events takes (aiokafka would skip a record larger than
+            # this if a broker ever returned it cut)
+            max_partition_fetch_bytes=LARGE_RECORD_MAX_BYTES + 65_536,
         )
         await consumer.start()
         try:
