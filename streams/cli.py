@@ -1,7 +1,11 @@
 """``orchestrator``: the command line.
 
-Every command prints one clear line and exits non-zero on error (no traceback, unless
-``ORCHESTRATOR_DEBUG=1``). The broker comes from ``--broker`` or ``ORCHESTRATOR_BROKER``.
+Every command prints one clear line, ``orchestrator: error: <message>``, on stderr and exits
+non-zero on error (no traceback, unless ``ORCHESTRATOR_DEBUG=1``): status 2 for a bad setting
+(``ConfigurationError``) or bad input (``ValidationError``), 1 when Kafka or a worker failed or
+did not answer in time (``InfrastructureError``, ``RequestTimeoutError``) and for the other
+errors of the project (no such task, ...). The broker comes from ``--broker`` or
+``ORCHESTRATOR_BROKER``.
 """
 
 from __future__ import annotations
@@ -13,13 +17,19 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from streams.config import load_settings
-from streams.errors import OrchestratorError
+from streams.errors import ConfigurationError, OrchestratorError, ValidationError
 
 Handler = Callable[[argparse.Namespace], int]
+
+EXIT_FAILURE = 1
+"""Kafka, a worker or the task: the command could not do its work."""
+EXIT_USAGE = 2
+"""A bad setting or bad input (as argparse uses 2 for bad arguments)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,16 +37,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.handler is not _worker:
+        # a client command reports Kafka's failures in its one error line, not in aiokafka's logs
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         status: int = args.handler(args)
+    except (ConfigurationError, ValidationError) as exc:
+        return _error(exc, EXIT_USAGE)
     except OrchestratorError as exc:
-        if os.environ.get("ORCHESTRATOR_DEBUG"):
-            raise
-        print(f"orchestrator: error: {exc}", file=sys.stderr)
-        return 1
+        return _error(exc, EXIT_FAILURE)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if not _is_kafka_error(exc):
+            raise
+        return _error(exc, EXIT_FAILURE, prefix="Kafka: ")
     return status
+
+
+def _error(error: Exception, status: int, prefix: str = "") -> int:
+    """Print ``error`` as one line on stderr and return ``status`` (with ORCHESTRATOR_DEBUG=1,
+    raise it instead, traceback and all)."""
+    if os.environ.get("ORCHESTRATOR_DEBUG"):
+        raise error
+    line = " ".join(str(error).split()) or type(error).__name__
+    print(f"orchestrator: error: {prefix}{line}", file=sys.stderr)
+    return status
+
+
+def _is_kafka_error(exc: BaseException) -> bool:
+    """An aiokafka error that escaped a command (a broker gone mid-``tail``, ...)."""
+    from aiokafka.errors import KafkaError
+
+    return isinstance(exc, KafkaError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -229,16 +262,20 @@ def _worker(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from streams.client import TaskManager
 
+    task = {
+        "task_type": args.task_type,
+        "platform": args.platform,
+        "target": args.target,
+        "dependencies": args.depends_on,
+        "priority": args.priority,
+        "task_id": args.task_id,
+    }
+    tm = TaskManager(_overrides(args))
+    tm._new_task(**task, timeout=None, max_retries=None, retry_delay=None)  # before connecting
+
     async def submit() -> str:
-        async with TaskManager(_overrides(args)) as tm:
-            return await tm.create_task(
-                task_type=args.task_type,
-                platform=args.platform,
-                target=args.target,
-                dependencies=args.depends_on,
-                priority=args.priority,
-                task_id=args.task_id,
-            )
+        async with tm:
+            return await tm.create_task(**task)
 
     print(asyncio.run(submit()))
     return 0
@@ -246,6 +283,8 @@ def _submit(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from streams.client import TaskManager
+
+    _check_task_id(args.task_id)
 
     async def status() -> dict[str, Any]:
         async with TaskManager(_overrides(args)) as tm:
@@ -257,6 +296,8 @@ def _status(args: argparse.Namespace) -> int:
 
 def _result(args: argparse.Namespace) -> int:
     from streams.client import TaskManager
+
+    _check_task_id(args.task_id)
 
     async def result() -> Any:
         async with TaskManager(_overrides(args)) as tm:
@@ -274,9 +315,12 @@ def _limits(args: argparse.Namespace) -> int:
     from streams.client import SmartScheduler
 
     async def fetch() -> dict[str, Any]:
-        async with SmartScheduler(_overrides(args)) as scheduler:
+        scheduler = SmartScheduler(_overrides(args))  # connects on first use: after validation
+        try:
             names = args.platforms or scheduler.settings.limited_platforms
             return {name: await scheduler.limit_status(name) for name in names}
+        finally:
+            await scheduler.close()
 
     statuses = asyncio.run(fetch())
     if args.json:
@@ -303,8 +347,11 @@ def _pause(args: argparse.Namespace) -> int:
     from streams.client import SmartScheduler
 
     async def pause() -> None:
-        async with SmartScheduler(_overrides(args)) as scheduler:
+        scheduler = SmartScheduler(_overrides(args))  # connects on first use: after validation
+        try:
             await scheduler.pause_platform(args.platform, args.seconds)
+        finally:
+            await scheduler.close()
 
     asyncio.run(pause())
     print(f"{args.platform}: " + (f"paused for {args.seconds:g} s" if args.seconds else "resumed"))
@@ -353,11 +400,17 @@ def _instant(text: str | None) -> Any:
     return parse_instant(text) if text is not None else None
 
 
+def _check_task_id(task_id: str) -> None:
+    from streams.domain.bounds import id_problem
+
+    problem = id_problem("task_id", task_id)
+    if problem is not None:
+        raise ValidationError(problem)
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The client's config: every setting of the config file, environment and options
+    (``request_timeout`` and ``read_timeout`` included)."""
     settings = _settings(args)
-    return {
-        "bootstrap_servers": settings.bootstrap_servers,
-        "api_url": settings.api_url,
-        "topic_prefix": settings.topic_prefix,
-        **settings.extra,
-    }
+    values = {f.name: getattr(settings, f.name) for f in fields(settings) if f.name != "extra"}
+    return {**values, **settings.extra}

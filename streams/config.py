@@ -11,14 +11,17 @@ explicit overrides (command-line options or the dict given to ``TaskManager``).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from streams.domain.bounds import MAX_ATTEMPTS, MAX_POLICY_MS
 from streams.domain.limits import PlatformLimits, RateLimit
 from streams.errors import ConfigurationError
 from streams.topics import TopicNames
@@ -60,7 +63,12 @@ class Settings:
     api_url: str = "http://127.0.0.1:6066"
     """Where a client reads status and results: any worker's HTTP server."""
     read_timeout: float = 10.0
-    """How long a client read waits for the worker to catch up with the client's own writes."""
+    """How long a client read waits for the worker to catch up with the client's own writes
+    (at most ``request_timeout``, and at most 120 s, the worker's cap)."""
+    request_timeout: float = 30.0
+    """Deadline of every client call (``TaskManager``, ``SmartScheduler``: connecting, writes,
+    reads, closing); a call that passes it raises ``RequestTimeoutError`` naming what it waited
+    for. Env: ``ORCHESTRATOR_REQUEST_TIMEOUT``."""
     commit_interval: float = 0.2
     """Seconds between the worker's transaction commits. Outputs become visible to
     ``read_committed`` readers at a commit, so this bounds the latency of ``task.ready``."""
@@ -72,6 +80,9 @@ class Settings:
     """Comma-separated modules that register handlers, imported by the worker (``--handlers``)."""
     ageing: float = 60.0
     """Seconds of waiting that improve a queued task's priority by one (so nothing starves)."""
+    health_stall_s: float = 60.0
+    """Seconds the fold or the scheduler may make no progress on a partition with records
+    waiting before ``GET /health`` answers 503. Env: ``ORCHESTRATOR_HEALTH_STALL_S``."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """``max_concurrent_tasks`` and the ``<platform>_rate_limits`` keys, as given."""
 
@@ -117,12 +128,20 @@ _POSITIVE = {
     "dependency_wait",
     "web_port",
     "read_timeout",
+    "request_timeout",
     "commit_interval",
     "session_timeout",
     "timer_interval",
     "ageing",
+    "health_stall_s",
 }
 _NON_NEGATIVE = {"max_retries", "retry_delay", "result_ttl"}
+_PORTS = {"web_port"}
+_POLICY_SECONDS = {"default_timeout", "retry_delay", "result_ttl", "dependency_wait"}
+"""Durations that travel in ``TaskCreated`` as milliseconds: 0 or at least 1 ms, at most
+:data:`~streams.domain.bounds.MAX_POLICY_MS`."""
+MAX_POLICY_S = MAX_POLICY_MS // 1000
+"""The longest policy duration and rate-limit period, in seconds (366 days)."""
 
 
 def load_settings(
@@ -209,7 +228,49 @@ def _build(values: dict[str, Any]) -> Settings:
     for key in _NON_NEGATIVE & converted.keys():
         if converted[key] < 0:
             raise ConfigurationError(f"{key} must not be negative, got {converted[key]}")
+    for key in _PORTS & converted.keys():
+        if not 1 <= converted[key] <= 65535:
+            raise ConfigurationError(f"{key} must be a port from 1 to 65535, got {converted[key]}")
+    for key in _POLICY_SECONDS & converted.keys():
+        seconds = converted[key]
+        if seconds > MAX_POLICY_S:
+            raise ConfigurationError(
+                f"{key} must be at most {MAX_POLICY_S} s (366 days), got {seconds:g}"
+            )
+        if 0 < seconds < 0.001:
+            raise ConfigurationError(f"{key} must be at least 0.001 s (1 ms), got {seconds:g}")
+    if converted.get("max_retries", 0) > MAX_ATTEMPTS - 1:
+        raise ConfigurationError(
+            f"max_retries must be at most {MAX_ATTEMPTS - 1}, got {converted['max_retries']}"
+        )
+    if "bootstrap_servers" in converted:
+        _check_servers(converted["bootstrap_servers"])
+    if "api_url" in converted:
+        _check_api_url(converted["api_url"])
     return Settings(**converted)
+
+
+def _check_servers(servers: str) -> None:
+    for entry in servers.split(","):
+        host, colon, port = entry.strip().rpartition(":")
+        if not entry.strip() or (colon and not host):
+            raise ConfigurationError(f"bootstrap_servers must be HOST:PORT[,...], got {servers!r}")
+        if colon and (not port.isdigit() or not 1 <= int(port) <= 65535):
+            raise ConfigurationError(
+                f"bootstrap_servers: the port of {entry.strip()!r} must be from 1 to 65535"
+            )
+
+
+def _check_api_url(url: str) -> None:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigurationError(f"api_url {url!r} is not a valid URL: {exc}") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"api_url must be an http(s) URL with a host, got {url!r}")
+    if port == 0:
+        raise ConfigurationError(f"api_url: the port must be from 1 to 65535, got {url!r}")
 
 
 def parse_platform_limits(platform: str, value: Any) -> PlatformLimits:
@@ -247,9 +308,16 @@ def _parse_window(key: str, window: Any) -> RateLimit:
     calls, period = window["calls"], window["period"]
     if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
         raise ConfigurationError(f"{key}.calls must be a positive integer, got {calls!r}")
-    if isinstance(period, bool) or not isinstance(period, int | float) or period < 0.001:
+    if (
+        isinstance(period, bool)
+        or not isinstance(period, int | float)
+        or not math.isfinite(period)
+        or period <= 0
+    ):
+        raise ConfigurationError(f"{key}.period must be a finite number > 0, got {period!r}")
+    if not 0.001 <= period <= MAX_POLICY_S:
         raise ConfigurationError(
-            f"{key}.period must be a positive number of seconds, got {period!r}"
+            f"{key}.period must be from 0.001 to {MAX_POLICY_S} seconds, got {period!r}"
         )
     return RateLimit(calls, int(period * 1000))
 
@@ -271,10 +339,14 @@ def _convert(key: str, value: Any, annotation: Any) -> Any:
     expected = {str: "a string", int: "an integer", float: "a number"}[kind]
     if isinstance(value, bool) or (kind is str and not isinstance(value, str)):
         raise ConfigurationError(f"{key} must be {expected}, got {value!r}")
+    if kind is not str and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigurationError(f"{key} must be {expected} (finite), got {value!r}")
     try:
         converted = kind(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ConfigurationError(f"{key} must be {expected}, got {value!r}") from exc
+    if kind is float and not math.isfinite(converted):
+        raise ConfigurationError(f"{key} must be {expected} (finite), got {value!r}")
     if kind is int and isinstance(value, float) and value != converted:
         raise ConfigurationError(f"{key} must be a whole number, got {value!r}")
     return converted

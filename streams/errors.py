@@ -41,6 +41,30 @@ class InfrastructureError(OrchestratorError):
         self.retriable = retriable
 
 
+class RequestTimeoutError(InfrastructureError):
+    """A client call did not finish within ``request_timeout``; the message names the call and
+    what it waited for. Always ``retriable``: a write that timed out may still be written when
+    Kafka answers again (creating a task with the same ``task_id`` again is safe).
+
+    Attributes:
+        call: the client method, e.g. ``create_task``.
+        timeout_s: the deadline it had, in seconds.
+        waiting_for: what had not answered when the deadline passed.
+    """
+
+    def __init__(self, call: str, timeout_s: float, waiting_for: str) -> None:
+        super().__init__(
+            f"{call} did not finish within {timeout_s} s (request_timeout): {waiting_for}",
+            retriable=True,
+        )
+        self.call = call
+        self.timeout_s = timeout_s
+        self.waiting_for = waiting_for
+
+    def __reduce__(self) -> tuple[type[RequestTimeoutError], tuple[str, float, str]]:
+        return type(self), (self.call, self.timeout_s, self.waiting_for)
+
+
 class LocalBrokerError(InfrastructureError):
     """The local Kafka broker (``orchestrator kafka``) could not be fetched, started or stopped."""
 
