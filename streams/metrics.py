@@ -117,6 +117,13 @@ class Metrics:
             "Times the fold reopened its partitions after a failure.",
             registry=r,
         )
+        self.healthy = Gauge(
+            "orchestrator_healthy",
+            "1 while GET /health answers 200; 0 while a store refuses writes or the fold or the "
+            "scheduler makes no progress on a partition with records waiting.",
+            registry=r,
+        )
+        self.healthy.set(1)
 
     def observe_fold(self, before: TaskState | None, event: Event, after: TaskState | None) -> None:
         """Count what an accepted event did to a task."""

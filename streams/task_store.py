@@ -11,7 +11,10 @@ new owner of the partition never needs the old owner's files.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +28,18 @@ CHECKPOINT_KEY = b"\xff\xfe.checkpoint"
 
 WRITE_BUFFER_BYTES = 8 << 20
 """RocksDB memtable size per partition (its default, 64 MiB, times 8 partitions is too much)."""
+
+FAULT_DISK_FULL_ENV = "ORCHESTRATOR_FAULT_INJECT_DISK_FULL"
+"""A fault injection for tests, never set otherwise: while the file this variable names
+exists, every write to the worker's stores (the tasks table, the scheduler's tables) fails as
+on a full disk. Tests use it where they cannot mount a small tmpfs."""
+
+
+def raise_if_disk_full_injected() -> None:
+    """Raise ``OSError(ENOSPC)`` while the test hook :data:`FAULT_DISK_FULL_ENV` says so."""
+    path = os.environ.get(FAULT_DISK_FULL_ENV)
+    if path and os.path.exists(path):
+        raise OSError(errno.ENOSPC, f"No space left on device (injected: {path} exists)")
 
 
 def partition_of(key: bytes, partitions: int) -> int:
@@ -82,6 +97,7 @@ class PartitionStore:
                 batch.put(key, value)
         if checkpoint is not None:
             batch.put(CHECKPOINT_KEY, str(checkpoint).encode())
+        raise_if_disk_full_injected()
         self._db.write(batch)
         self.uncommitted = {}
 
@@ -98,6 +114,20 @@ class PartitionStore:
         """Close the database (uncommitted writes are dropped)."""
         self.uncommitted = {}
         self._db.close()
+
+    def abandon(self) -> None:
+        """Close the database at once, after a failed write (uncommitted writes are dropped).
+
+        RocksDB takes about a second (blocking the event loop) to close a database in error,
+        unless its background work is cancelled first. What it acknowledged is in its log
+        file (the next open replays it), so the flush that closing attempts is not needed:
+        it fails (as the writes did, or "Shutdown in progress"), and that is ignored.
+        """
+        self.uncommitted = {}
+        with contextlib.suppress(Exception):
+            self._db.cancel_all_background(False)
+        with contextlib.suppress(Exception):
+            self._db.close()
 
 
 class TaskStore:
@@ -146,7 +176,7 @@ class TaskStore:
         self.open.clear()
         for store in self._databases.values():
             try:
-                store.close()
+                store.abandon()
             except Exception:  # a database in error may fail to close; it is dropped anyway
                 log.warning("a task database did not close cleanly", exc_info=True)
         self._databases.clear()

@@ -11,6 +11,9 @@ Routes:
     GET /tasks/{task_id}/result  the result (409 not completed, 410 expired)
     GET /limits/{platform}       the platform's limit status (windows, pause, in flight, queue)
     GET /metrics                 Prometheus metrics of this worker
+    GET /health                  200 ``{"status": "healthy"}``, or 503 ``{"status": "unhealthy",
+                                 "reasons": [...]}`` while a store refuses writes or the fold or
+                                 the scheduler is stalled (see ``streams.health``)
     GET /state                   every task of the partitions this worker owns, in full, with
                                  the log offsets the table reflects (``orchestrator verify``
                                  compares it with a fold of the log up to those offsets)
@@ -20,14 +23,17 @@ Routes:
 from __future__ import annotations
 
 import base64
+import dataclasses
 import time
 from typing import Any
 
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from streams import health as health_check
 from streams.app import Runtime
 from streams.domain import Status, TaskState, state_from_json, state_to_dict
+from streams.domain.bounds import id_problem
 
 _HIDDEN_FIELDS = ("seen_event_ids", "result", "waiting")
 
@@ -38,6 +44,7 @@ def register(runtime: Runtime) -> None:
     register_state_view(runtime)
     register_limits_view(runtime)
     register_metrics_view(runtime)
+    register_health_view(runtime)
 
     @app.page("/tasks/{task_id}")
     @app.topic_route(topic=runtime.events_topic, match_info="task_id")
@@ -76,13 +83,28 @@ def register(runtime: Runtime) -> None:
         )
 
 
+def register_health_view(runtime: Runtime) -> None:
+    """Add ``GET /health``: whether this worker does its work, and if not, why."""
+    app = runtime.app
+    check = health_check.register(runtime)
+
+    @app.page("/health")
+    async def health(self: View, request: Request) -> Response:
+        reasons = await check.refresh()
+        lanes = [dataclasses.asdict(lane) for lane in check.lanes]
+        document = {"stall_s": check.health.stall_s, "partitions": lanes}
+        if reasons:
+            return self.json({"status": "unhealthy", "reasons": reasons, **document}, status=503)
+        return self.json({"status": "healthy", "reasons": [], **document})
+
+
 def register_metrics_view(runtime: Runtime) -> None:
     """Add ``GET /metrics``: this worker's metrics in Prometheus' text format."""
     app = runtime.app
 
     @app.page("/metrics")
     async def metrics(self: View, request: Request) -> Response:
-        for partition, lag in runtime.fold.lags().items():
+        for partition, lag in (await runtime.fold.lags()).items():
             runtime.metrics.lag.labels(str(partition)).set(lag)
         return self.bytes(
             runtime.metrics.exposition(), content_type=CONTENT_TYPE_LATEST.split(";")[0]
@@ -171,16 +193,36 @@ MAX_WAIT_S = 120.0
 
 
 def _wait_seconds(asked: str | None, default_s: float) -> float:
-    try:
-        return min(max(float(asked), 0.0), MAX_WAIT_S) if asked else default_s
-    except ValueError:
+    """The ``wait`` query parameter: how long a read waits for the fold, a finite number of
+    seconds from 0 to :data:`MAX_WAIT_S` (absent: ``default_s``, the worker's read_timeout).
+
+    Raises:
+        ValueError: anything else (NaN, inf, negative, above the cap, not a number); the
+            message names the parameter, and the view answers 400 with it.
+    """
+    if asked is None:
         return default_s
+    try:
+        seconds = float(asked)
+    except ValueError:
+        seconds = -1.0
+    if not 0.0 <= seconds <= MAX_WAIT_S:  # NaN compares false: refused too
+        raise ValueError(
+            f"wait must be a finite number of seconds from 0 to {MAX_WAIT_S:g}, got {asked!r}"
+        )
+    return seconds
 
 
 async def _read(
     runtime: Runtime, view: View, request: Request, task_id: str
 ) -> tuple[TaskState | None, Response]:
-    wait_s = _wait_seconds(request.query.get("wait"), runtime.settings.read_timeout)
+    problem = id_problem("task id", task_id)  # also keeps '..', '/' and the like out
+    if problem is not None:
+        return None, view.json({"error": "bad_request", "detail": problem}, status=400)
+    try:
+        wait_s = _wait_seconds(request.query.get("wait"), runtime.settings.read_timeout)
+    except ValueError as exc:
+        return None, view.json({"error": "bad_request", "detail": str(exc)}, status=400)
     key = task_id.encode("utf-8")
     # right after a rebalance the fold may still be restoring the task's partition
     if not await runtime.fold.wait_open(runtime.tasks.partition_of(key), wait_s):

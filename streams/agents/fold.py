@@ -297,16 +297,29 @@ class FoldService(Service):
         """Per open partition, the offset of the last record the table reflects (-1: none)."""
         return {p: part.next_offset - 1 for p, part in self._partitions.items()}
 
-    def lags(self) -> dict[int, int]:
-        """Per open partition, the records of ``task.events`` not folded yet."""
+    async def lags(self) -> dict[int, int]:
+        """Per open partition, the records of ``task.events`` not folded yet.
+
+        Counted from the consumer's position when it is further than the last record folded:
+        a partition whose last writes were transactions ends with their commit markers, which
+        take offsets but are no records (and would otherwise look 1 or 2 behind forever).
+        """
         consumer = self._consumer
         if consumer is None:
             return {}
         events = self.runtime.settings.topics.events
         lags = {}
-        for partition, part in self._partitions.items():
-            highwater = consumer.highwater(TopicPartition(events, partition))
-            lags[partition] = max(0, (highwater or 0) - part.next_offset)
+        for partition, part in list(self._partitions.items()):
+            tp = TopicPartition(events, partition)
+            highwater = consumer.highwater(tp) or 0
+            behind = highwater - part.next_offset
+            if behind > 0:
+                try:
+                    position = await asyncio.wait_for(consumer.position(tp), 1.0)
+                except Exception:  # not positioned now (being reopened): count from the fold
+                    position = part.next_offset
+                behind = highwater - max(part.next_offset, position)
+            lags[partition] = max(0, behind)
         return lags
 
     # -- the loop

@@ -10,16 +10,29 @@ pause and rate factor live in two changelog-backed tables, so a restart resumes 
 
 Time passing (a window gaining room, a pause ending) needs a record too: the agent notes when
 each platform should look again, and a timer writes a ``Tick`` signal then.
+
+A disk that refuses writes (full: ENOSPC) does not stop a record half-way: the tables' store
+(:class:`SchedulerStore`) keeps a refused write in memory, so the record is processed whole
+(its changelog records are in its transaction as always); the agent then stops between two
+records, logs why once, and resumes when the reopened databases take the kept writes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import os
+import tempfile
 import time
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, cast
 
-from faust.types import EventT, StreamT
+from faust.stores import rocksdb as faust_rocksdb
+from faust.streams import current_event
+from faust.types import TP, EventT, StoreT, StreamT
+from rocksdict import WriteBatch
 
 from schemas.records import (
     decode_ready,
@@ -43,12 +56,208 @@ from streams.domain.signals import (
     Tick,
 )
 from streams.errors import SchemaError
+from streams.task_store import raise_if_disk_full_injected
 
 log = logging.getLogger(__name__)
 
 _SEP = "\x1f"
 RETICK_MS = 1_000
 """After a tick is written, look again this long later anyway, in case the tick was lost."""
+STORE_RETRY_S = 1.0
+"""While the tables' databases refuse writes, try them again this often."""
+
+
+class SchedulerStore(faust_rocksdb.Store):
+    """faust's RocksDB store, for the scheduler's tables, that a failing disk does not break.
+
+    Once a write fails (a full disk), RocksDB refuses every later write, and a read-only
+    database stays so until it is reopened. faust's store would raise into the agent half-way
+    through a record (some of its outputs sent, its table writes half done) and faust would
+    restart the agent on the next record, again and again, with the failed record never
+    finished. Here a refused write is kept in memory (:attr:`refused`, which reads see); the
+    table had already sent its changelog record, so the record completes normally and Kafka
+    holds everything. :meth:`retry` reopens the databases and writes what was kept.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.refused: dict[int, dict[bytes, bytes | None]] = {}
+        """Per partition, the writes RocksDB refused, latest value per key (None: deleted)."""
+        self.failure: str | None = None
+        """Why the first refused write failed, until :meth:`retry` has written them all."""
+
+    def _write(self, partition: int, writes: list[tuple[bytes, bytes | None]]) -> None:
+        """Write to ``partition``'s database in one batch (a None value deletes its key)."""
+        refused = self.refused.get(partition)
+        if refused is None:
+            try:
+                raise_if_disk_full_injected()
+                self._db_for_partition(partition).write(_batch(writes))
+                return
+            except Exception as exc:  # rocksdict raises a bare Exception("IO error: ...")
+                self.failure = self.failure or f"{type(exc).__name__}: {exc}"
+                refused = self.refused[partition] = {}
+        refused.update(writes)  # after the refused ones: retry writes them all in one batch
+
+    def retry(self) -> bool:
+        """Reopen the databases that refused writes and write what they refused; True if done."""
+        if not self.refused:
+            return True
+        if not _takes_writes(self.path):
+            return False  # reopening on a full disk fails, and the old handles at least read
+        for partition in sorted(self.refused):
+            stale = self._dbs.pop(partition, None)
+            if stale is not None:
+                # a database in error takes a second to close (on the event loop) unless its
+                # background work is cancelled first; closing fails like the writes did, and
+                # the handle is let go anyway (what it held is in its log file, or kept here)
+                with contextlib.suppress(Exception):
+                    stale.cancel_all_background(False)
+                with contextlib.suppress(Exception):
+                    stale.close()
+            try:
+                raise_if_disk_full_injected()
+                self._db_for_partition(partition).write(_batch(self.refused[partition].items()))
+            except Exception as exc:
+                self.failure = f"{type(exc).__name__}: {exc}"
+                return False
+            del self.refused[partition]
+        self.failure = None
+        return True
+
+    def _set(self, key: bytes, value: bytes | None) -> None:
+        event = current_event()
+        assert event is not None  # the agent writes the tables, each write within a record
+        partition = event.message.partition
+        self._key_index[key] = partition
+        self._write(partition, [(key, value)])
+
+    def _del(self, key: bytes) -> None:
+        if key in self._key_index:
+            partitions: Iterable[int] = [self._key_index[key]]
+        else:
+            partitions = {*self._dbs, *self.refused}
+        for partition in partitions:
+            self._write(partition, [(key, None)])
+
+    def _get(self, key: bytes) -> bytes | None:
+        for refused in self.refused.values():
+            if key in refused:
+                return refused[key]
+        value: bytes | None = super()._get(key)
+        return value
+
+    def _contains(self, key: bytes) -> bool:
+        for refused in self.refused.values():
+            if key in refused:
+                return refused[key] is not None
+        found: bool = super()._contains(key)
+        return found
+
+    def _iteritems(self) -> Iterator[tuple[bytes, bytes]]:
+        kept = {
+            key: value
+            for refused in self.refused.values()
+            for key, value in refused.items()
+            if key != self.offset_key
+        }
+        for key, value in super()._iteritems():
+            if key not in kept:
+                yield key, value
+        for key, maybe in kept.items():
+            if maybe is not None:
+                yield key, maybe
+
+    def _iterkeys(self) -> Iterator[bytes]:
+        for key, _ in self._iteritems():
+            yield key
+
+    def _itervalues(self) -> Iterator[bytes]:
+        for _, value in self._iteritems():
+            yield value
+
+    def _size(self) -> int:
+        return sum(1 for _ in self._iteritems())
+
+    def persisted_offset(self, tp: TP) -> int | None:
+        refused = self.refused.get(tp.partition, {})
+        if self.offset_key in refused:
+            stored = refused[self.offset_key]
+            return int(stored) if stored is not None else None
+        offset: int | None = super().persisted_offset(tp)
+        return offset
+
+    def set_persisted_offset(self, tp: TP, offset: int) -> None:
+        self._write(tp.partition, [(self.offset_key, str(offset).encode())])
+
+    def apply_changelog_batch(
+        self,
+        batch: Iterable[EventT[Any]],
+        to_key: Callable[[Any], Any],
+        to_value: Callable[[Any], Any],
+    ) -> None:
+        writes: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        offsets: dict[TP, int] = {}
+        for event in batch:
+            message = event.message
+            if message.key is not None:
+                writes.setdefault(message.partition, []).append((message.key, message.value))
+            offsets[message.tp] = max(message.offset, offsets.get(message.tp, -1))
+        for partition, partition_writes in writes.items():
+            self._write(partition, partition_writes)
+        for tp, offset in offsets.items():
+            self.set_persisted_offset(tp, offset)
+
+    def revoke_partitions(self, table: Any, tps: Any) -> None:
+        super().revoke_partitions(table, tps)
+        for tp in tps:
+            if tp.topic in table.changelog_topic.topics:
+                # the next owner (this worker too) restores them from the changelog, which
+                # has every write kept here (a table sends it before writing the store)
+                self.refused.pop(tp.partition, None)
+        if not self.refused:
+            self.failure = None
+
+
+def _batch(writes: Iterable[tuple[bytes, bytes | None]]) -> WriteBatch:
+    batch = WriteBatch(raw_mode=True)
+    for key, value in writes:
+        if value is None:
+            batch.delete(key)
+        else:
+            batch.put(key, value)
+    return batch
+
+
+def _takes_writes(directory: Any) -> bool:
+    """Whether a file can be written (and synced) in ``directory`` now."""
+    try:
+        raise_if_disk_full_injected()
+        with tempfile.TemporaryFile(dir=directory) as probe:
+            probe.write(bytes(1 << 16))
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError:
+        return False
+    return True
+
+
+class _Table(transactions.TrackedTable):
+    """A scheduler table, stored in a :class:`SchedulerStore`."""
+
+    def _new_store_by_url(self, url: Any) -> StoreT[Any, Any]:
+        return SchedulerStore(
+            url,
+            self.app,
+            self,
+            table_name=self.name,
+            key_type=self.key_type,
+            key_serializer=self.key_serializer,
+            value_serializer=self.value_serializer,
+            value_type=self.value_type,
+            loop=self.loop,
+            options=self.options,
+        )
 
 
 class SchedulerService:
@@ -57,13 +266,13 @@ class SchedulerService:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         app = runtime.app
-        self.platforms = transactions.TrackedTable(
+        self.platforms = _Table(
             app,
             name="scheduler_platforms",
             partitions=runtime.settings.partitions,
             beacon=app.tables.beacon,
         )
-        self.queue = transactions.TrackedTable(
+        self.queue = _Table(
             app,
             name="scheduler_queue",
             partitions=runtime.settings.partitions,
@@ -75,6 +284,60 @@ class SchedulerService:
             app.tables.add(table)
         self.schedulers: dict[str, PlatformScheduler] = {}
         self.wakeups: dict[str, int] = {}
+        self.taken: dict[TP, int] = {}
+        """Per partition of the agent's topics, the offset of the record it took last."""
+        self.done: dict[TP, int] = {}
+        """Per partition of the agent's topics, the offset of the record it finished last."""
+        self.resumed = asyncio.Event()
+        """Clear while the agent waits for the tables' store to take writes again."""
+        self.resumed.set()
+        self._outage = False
+
+    @property
+    def failure(self) -> str | None:
+        """Why the tables' databases refuse writes (None: they take them)."""
+        return next((s.failure for s in self._stores() if s.failure is not None), None)
+
+    def _stores(self) -> list[SchedulerStore]:
+        return [cast(SchedulerStore, table.data) for table in (self.platforms, self.queue)]
+
+    def retry_stores(self) -> bool:
+        """Reopen the databases that refused writes and write what they kept; True if done.
+
+        The start and the end of an outage are logged once each.
+        """
+        failure = self.failure
+        if failure is not None and not self._outage:
+            self._outage = True
+            log.error(
+                "scheduler: its tables' store refused a write (%s); scheduling stops, and "
+                "resumes by itself once the store takes writes again",
+                failure,
+            )
+            return False  # tried a second later
+        if failure is not None and not all([store.retry() for store in self._stores()]):
+            return False
+        if self._outage:
+            self._outage = False
+            log.warning("scheduler: the store takes writes again; scheduling resumes")
+        return True
+
+    async def wait_for_stores(self) -> None:
+        """Stop between two records until the tables' databases take writes again.
+
+        The record that met the failure is finished and acknowledged (its writes kept in
+        memory, and in its transaction's changelog records); nothing more is taken meanwhile.
+        """
+        if self.retry_stores():
+            return
+        self.resumed.clear()
+        try:
+            while True:
+                await asyncio.sleep(STORE_RETRY_S)
+                if self.retry_stores():
+                    break
+        finally:
+            self.resumed.set()
 
     def scheduler_for(self, platform: str) -> PlatformScheduler:
         """The platform's scheduler, loaded from the tables the first time."""
@@ -137,9 +400,21 @@ def register(runtime: Runtime) -> SchedulerService:
     @app.agent(source, name="scheduler", concurrency=1)
     async def schedule(stream: StreamT[Any]) -> None:
         async for event in stream.events():
+            tp = event.message.tp
+            service.taken[tp] = event.message.offset
             async with gate.lock:
                 await _process(service, event)
                 await stream.ack(event)  # with its outputs, in the same transaction
+            service.done[tp] = event.message.offset
+            # a refused store write (a full disk): stop here, between two records
+            await service.wait_for_stores()
+
+    @app.timer(interval=STORE_RETRY_S, name="scheduler-store-retry")  # type: ignore[untyped-decorator]
+    async def retry_stores() -> None:
+        # a write refused outside a record (faust's offset write at a commit) while the agent
+        # is idle: retried here; while the agent waits, it retries itself
+        if service.resumed.is_set():
+            service.retry_stores()
 
     @app.timer(interval=0.02, name="scheduler-ticks")  # type: ignore[untyped-decorator]
     async def ticks() -> None:
@@ -149,6 +424,9 @@ def register(runtime: Runtime) -> SchedulerService:
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
         service.forget()
+        for tp in revoked:
+            service.taken.pop(tp, None)
+            service.done.pop(tp, None)
 
     return service
 

@@ -85,3 +85,23 @@ async def test_metrics_count_what_the_workload_did(
         <= {"platform", "task_type", "reason", "window", "partition", "le", "outcome"}
         for _, labels in during
     )
+
+
+async def test_a_caught_up_worker_reports_no_lag(
+    scheduler_config: dict[str, Any], scheduler_worker: WorkerProcess
+) -> None:
+    # the fold's writes are transactions: each partition ends with commit markers, which take
+    # offsets but are no records, and must not count as records to fold
+    async with TaskManager(scheduler_config) as tm:
+        ids = [await tm.create_task("noop", platform("lag"), f"l{i}") for i in range(8)]
+        for tid in ids:
+            await tm.get_task_status(tid)
+    deadline = time.monotonic() + 20
+    while True:
+        samples = await _scrape(scheduler_worker)
+        lags = {k: v for k, v in samples.items() if k[0] == "orchestrator_fold_consumer_lag"}
+        if (lags and not any(lags.values())) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert lags
+    assert not any(lags.values()), lags
