@@ -226,6 +226,9 @@ async def _read(
     key = task_id.encode("utf-8")
     # right after a rebalance the fold may still be restoring the task's partition
     if not await runtime.fold.wait_open(runtime.tasks.partition_of(key), wait_s):
+        if runtime.tasks.failure is not None:  # not a rebalance: the disk refuses writes
+            detail = f"the worker's task database refuses writes: {runtime.tasks.failure}"
+            return None, view.json({"error": "store_failed", "detail": detail}, status=503)
         return None, _not_ready(view)
     after = request.query.get("after")
     if after:

@@ -527,8 +527,10 @@ class FoldService(Service):
             return
         self._logged[key] = (now, 0)
         again = f" ({count} more times since the last report)" if count else ""
+        # a traceback only where the cause is unknown (a failure of the loop itself)
+        trace = exc if kind == "loop" else None
         log.warning(
-            "%s%s: %s: %s", message, again, type(exc).__name__, _cut(str(exc)), exc_info=exc
+            "%s%s: %s: %s", message, again, type(exc).__name__, _cut(str(exc)), exc_info=trace
         )
 
     # -- opening and closing partitions
