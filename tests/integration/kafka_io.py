@@ -7,6 +7,9 @@ import time
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from streams import task_store
 
@@ -151,3 +154,176 @@ class Follower:
 def partition_of(key: str, partitions: int) -> int:
     """The partition the default (murmur2) partitioner gives the task id ``key``."""
     return task_store.partition_of(key.encode("utf-8"), partitions)
+
+
+# -- offsets, single records and topic configs (tests/integration/test_no_silent_loss.py)
+
+
+async def send_all(
+    bootstrap_servers: str,
+    topic: str,
+    records: list[tuple[bytes | None, bytes]],
+    max_request_size: int = 3_000_000,
+) -> list[tuple[int, int]]:
+    """Write ``(key, value)`` records in order; return each one's ``(partition, offset)``.
+
+    ``max_request_size`` is above every topic's limit, so that only the broker judges sizes.
+    """
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_request_size=max_request_size,
+    )
+    await producer.start()
+    try:
+        deliveries = [await producer.send(topic, value, key=key) for key, value in records]
+        metadata = await asyncio.gather(*deliveries)
+    finally:
+        await producer.stop()
+    return [(m.partition, m.offset) for m in metadata]
+
+
+async def committed_offsets(
+    bootstrap_servers: str, group: str, topic: str, partitions: int
+) -> dict[int, int]:
+    """The offsets ``group`` committed on ``topic`` (-1 where it committed none)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)  # no group membership: only an offset fetch
+        offsets = {}
+        for tp in tps:
+            committed = await consumer.committed(tp)
+            offsets[tp.partition] = -1 if committed is None else committed
+        return offsets
+    finally:
+        await consumer.stop()
+
+
+async def wait_committed(
+    bootstrap_servers: str,
+    group: str,
+    topic: str,
+    partitions: int,
+    targets: dict[int, int],
+    timeout_s: float = 60.0,
+) -> dict[int, int]:
+    """Wait until ``group``'s committed offset on each partition is at least ``targets[p]``.
+
+    Returns the committed offsets last read; the caller asserts on them.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        offsets = await committed_offsets(bootstrap_servers, group, topic, partitions)
+        reached = all(offsets[p] >= target for p, target in targets.items())
+        if reached or time.monotonic() > deadline:
+            return offsets
+        await asyncio.sleep(0.2)
+
+
+async def end_offsets(
+    bootstrap_servers: str, topic: str, partitions: int, committed: bool = True
+) -> dict[int, int]:
+    """Per partition, the last stable offset (``committed``) or the high watermark."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        group_id=None,
+        isolation_level="read_committed" if committed else "read_uncommitted",
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = await consumer.end_offsets(tps)
+        return {tp.partition: ends[tp] for tp in tps}
+    finally:
+        await consumer.stop()
+
+
+async def read_range(
+    bootstrap_servers: str, topic: str, partition: int, start: int, end: int
+) -> list[Record]:
+    """The committed records of one partition with ``start <= offset < end`` (``end`` <= LSO)."""
+    if end <= max(start, 0):
+        return []  # (and aiokafka fails to stop a consumer stopped right after its start)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        group_id=None,
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    kept: list[Record] = []
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, max(start, 0))
+        while await consumer.position(tp) < end:
+            batches = await consumer.getmany(tp, timeout_ms=500)
+            kept.extend(r for r in batches.get(tp, []) if start <= r.offset < end)
+    finally:
+        await consumer.stop()
+    return kept
+
+
+async def topic_config(bootstrap_servers: str, topic: str) -> dict[str, str]:
+    """The configs set on ``topic`` itself (not the broker's defaults)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        await admin.close()
+    dynamic_topic_config = 1  # config_source of a topic-level setting
+    return {
+        name: value
+        for response in responses
+        for resource in response.resources
+        for name, value, _read_only, source, *_ in resource[4]
+        if source == dynamic_topic_config
+    }
+
+
+async def set_topic_config(bootstrap_servers: str, topic: str, changes: dict[str, str]) -> None:
+    """Change some configs of ``topic``, keeping its others (AlterConfigs replaces them all)."""
+    config = {**await topic_config(bootstrap_servers, topic), **changes}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        responses = await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, configs=config)]
+        )
+    finally:
+        await admin.close()
+    errors = [r for response in responses for r in response.resources if r[0] != 0]
+    assert not errors, f"altering {topic}: {errors}"
+
+
+async def wait_refuses_larger_than(
+    bootstrap_servers: str, topic: str, size: int, timeout_s: float = 30.0
+) -> bool:
+    """Wait until the broker refuses a record of ``size`` bytes on ``topic`` as too large.
+
+    The probe has no key, so a compacted topic refuses it in any case and nothing is written;
+    only the error says whether the size limit is in force.
+    """
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, max_request_size=size + 65_536)
+    await producer.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            try:
+                await producer.send_and_wait(topic, b"\x00" * size, key=None, partition=0)
+            except MessageSizeTooLargeError:
+                return True
+            except KafkaError:
+                pass  # refused for its missing key: the size limit is not in force yet
+            await asyncio.sleep(0.2)
+        return False
+    finally:
+        await producer.stop()
