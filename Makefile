@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.installed-bench-stamp
 
-.PHONY: help run test crash lint unit integration bench kafka-up kafka-status kafka-down clean
+.PHONY: help run test crash lint alerts unit integration bench kafka-up kafka-status kafka-down clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -27,7 +27,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 run: $(STAMP) ## the main job: local Kafka, a worker and a demo workload
 	$(BIN)/python -m streams.demo
 
-test: lint ## everything CI runs: ruff, mypy, unit and integration tests (the crash test too)
+test: lint alerts ## everything CI runs: ruff, mypy, the alert rules, unit and integration tests (the crash test too)
 	$(BIN)/pytest
 
 crash: $(STAMP) ## the exactly-once crash test alone, with its counts (CRASH_TEST_ROUNDS=N: more kills)
@@ -37,6 +37,27 @@ lint: $(STAMP) ## ruff (lint and format) and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy streams schemas projections bench
+
+# promtool comes from Debian's prometheus package, installed once with apt-get when it is not on
+# PATH (as root, or with passwordless sudo; about 15 s). On a host running systemd the package
+# also enables its prometheus.service; containers without an init system start nothing.
+alerts: ## check the Prometheus alert rules (deploy/prometheus) and run their unit tests
+	@if ! command -v promtool >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" -eq 0 ]; then sudo=; elif sudo -n true 2>/dev/null; then \
+	    sudo="sudo -n env DEBIAN_FRONTEND=noninteractive"; \
+	  else echo "make alerts: promtool is not on PATH and installing it needs root: run" \
+	    "'apt-get install prometheus' (or put promtool from prometheus.io on PATH)" >&2; exit 1; fi; \
+	  if ! command -v apt-get >/dev/null 2>&1; then echo "make alerts: promtool is not on PATH" \
+	    "and there is no apt-get: put promtool from prometheus.io on PATH" >&2; exit 1; fi; \
+	  echo "make alerts: promtool is not on PATH: installing Debian's prometheus package (apt-get)"; \
+	  log=$$(mktemp); export DEBIAN_FRONTEND=noninteractive; \
+	  install="$$sudo apt-get install -y -qq --no-install-recommends prometheus"; \
+	  $$install >$$log 2>&1 || { $$sudo apt-get update -qq >>$$log 2>&1 && $$install >>$$log 2>&1; } \
+	    || { cat $$log >&2; rm -f $$log; echo "make alerts: installing prometheus failed" >&2; exit 1; }; \
+	  rm -f $$log; \
+	fi
+	@cd deploy/prometheus && promtool check rules alerts.yml >/dev/null \
+	  && promtool check config prometheus.yml >/dev/null && promtool test rules alerts_test.yml
 
 unit: $(STAMP) ## unit tests only (no broker)
 	$(BIN)/pytest tests/unit

@@ -3,12 +3,23 @@
 Names follow Prometheus conventions: the ``orchestrator_`` prefix, ``_total`` counters, ``_seconds``
 histograms, labels ``platform`` and ``task_type`` where they help and never a task id. Counters
 count what *this* worker folded or scheduled: sum them over workers (they restart from zero with
-the process, which Prometheus' ``rate()`` handles).
+the process, which Prometheus' ``rate()`` handles). The registry also holds prometheus_client's
+process and platform collectors: ``process_cpu_seconds_total``, ``process_resident_memory_bytes``,
+``process_open_fds``, ``process_max_fds``, ``process_start_time_seconds`` (Linux) and
+``python_info``.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 from streams.domain import Event, Status, TaskState
 from streams.domain.scheduling import PlatformScheduler
@@ -27,6 +38,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # CPU, memory, open file descriptors of this worker's process (read from /proc at each
+        # scrape; nothing on systems without it) and the Python version, as python_info
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         labels = ["platform", "task_type"]
         self.tasks = {
             name: Counter(f"orchestrator_tasks_{name}_total", f"Tasks {name}.", labels, registry=r)
@@ -112,6 +127,8 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        for outcome in ("committed", "failed"):  # present from the start: increase() sees the 1st
+            self.fold_commits.labels(outcome)
         self.fold_reopens = Counter(
             "orchestrator_fold_reopens_total",
             "Times the fold reopened its partitions after a failure.",
