@@ -349,7 +349,13 @@ class SchedulerService:
             )
             stored = self.platforms.get(platform.encode("utf-8"))
             if stored is not None:
-                scheduler.load(json.loads(stored))
+                report = scheduler.load(json.loads(stored), _now_ms())
+                if report.changed:
+                    log.warning(
+                        "scheduler %s: rate-limit windows restored: %s",
+                        platform,
+                        report.describe(),
+                    )
             prefix = f"{platform}{_SEP}".encode()
             for key, value in self.queue.items():
                 if key.startswith(prefix):

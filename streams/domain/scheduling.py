@@ -21,13 +21,17 @@ from enum import StrEnum
 from typing import Any
 
 from streams.domain.limits import (
+    LoadReport,
     PlatformLimits,
+    RateLimit,
     WindowLog,
     effective_calls,
     next_allowed_ms,
     record_dispatch,
     recovered,
     remaining_calls,
+    restore_logs,
+    restore_old_format_logs,
     throttled,
 )
 
@@ -203,6 +207,8 @@ class PlatformScheduler:
             self.rate_factor = recovered(old)
             self.last_answer_throttled = False
             cause = "success"
+        else:  # an answer that is no "rate limited": the next one is not "again"
+            self.last_answer_throttled = False
         if self.rate_factor == old:
             return None
         return RateChanged(self.limits.platform, old, self.rate_factor, cause)
@@ -242,33 +248,68 @@ class PlatformScheduler:
     # -- persistence --------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """Everything but the queue (which is stored task by task), JSON-ready."""
+        """Everything but the queue (which is stored task by task), JSON-ready.
+
+        Each window's log is saved with the window (``calls``, ``period_ms``): a log means
+        nothing without its period (its bucket width and what it may have dropped), and the
+        configuration may change before it is loaded.
+        """
         return {
             "in_flight": sorted(self.in_flight),
-            "logs": [[list(b) for b in log.buckets] for log in self.logs],
+            "windows": [
+                {
+                    "calls": limit.calls,
+                    "period_ms": limit.period_ms,
+                    "buckets": [list(b) for b in log.buckets],
+                }
+                for limit, log in zip(self.limits.limits, self.logs, strict=True)
+            ],
             "paused_until_ms": self.paused_until_ms,
             "rate_factor": self.rate_factor,
             "last_answer_throttled": self.last_answer_throttled,
         }
 
-    def load(self, snapshot: dict[str, Any]) -> None:
-        """Restore what :meth:`snapshot` saved (window logs only if the windows still match)."""
+    def load(self, snapshot: dict[str, Any], now_ms: int | None = None) -> LoadReport:
+        """Restore what :meth:`snapshot` saved; return what became of each window's log.
+
+        Logs are matched to the configured windows by period, never by position, so a changed
+        configuration never makes a window count too few of the dispatches that were saved:
+        see :func:`~streams.domain.limits.restore_logs`. A snapshot of the old format (``logs``:
+        a list of logs without their windows) is read with
+        :func:`~streams.domain.limits.restore_old_format_logs`. The report is for the caller to
+        log (the core logs nothing); ``report.changed`` says whether it is worth a line.
+
+        Args:
+            now_ms: the time of the load, if known. No saved dispatch is later, so a log rebuilt
+                for a changed window never counts one past it (it matters most for the old
+                format, whose bucket widths are unknown).
+        """
         self.in_flight = set(snapshot.get("in_flight", ()))
-        logs = snapshot.get("logs", [])
-        if len(logs) == len(self.limits.limits):
-            self.logs = [WindowLog(tuple((int(s), int(c)) for s, c in log)) for log in logs]
+        if "windows" not in snapshot and "logs" in snapshot:
+            old = [_window_log(buckets) for buckets in snapshot["logs"]]
+            self.logs, report = restore_old_format_logs(old, self.limits.limits, now_ms)
+        else:
+            saved = [
+                (RateLimit(int(w["calls"]), int(w["period_ms"])), _window_log(w["buckets"]))
+                for w in snapshot.get("windows", ())
+            ]
+            self.logs, report = restore_logs(saved, self.limits.limits, now_ms)
         self.paused_until_ms = int(snapshot.get("paused_until_ms", 0))
         self.rate_factor = float(snapshot.get("rate_factor", 1.0))
         self.last_answer_throttled = bool(snapshot.get("last_answer_throttled", False))
+        return report
 
     # -- internals ----------------------------------------------------------------------------
 
     def _head(self) -> QueuedTask | None:
         while self._queue:
-            task = self._tasks.get(self._queue[0][1])
-            if task is not None:
+            rank, task_id = self._queue[0]
+            task = self._tasks.get(task_id)
+            if task is not None and task.rank(self.ageing_ms) == rank:
                 return task
-            heapq.heappop(self._queue)  # removed or already dispatched
+            # removed, dispatched, or removed and queued again with another rank: its current
+            # entry is elsewhere in the heap, and this stale one must not let it jump the queue
+            heapq.heappop(self._queue)
         return None
 
     def _pop(self) -> QueuedTask:
@@ -290,3 +331,12 @@ class PlatformScheduler:
         free = None if overall_free is None else overall_free - used
         hold = self.hold(now_ms, free) or Hold(HoldReason.CONCURRENCY, "queued behind other tasks")
         return [Deferral(tid, hold, self._tasks[tid].ready_id) for tid in waiting]
+
+
+def _window_log(buckets: Any) -> WindowLog:
+    """A saved log's ``[start, count]`` pairs, sorted by start and merged (a log is read oldest
+    first; an old one may be out of order if the clock stepped back between two dispatches)."""
+    counts: dict[int, int] = {}
+    for start, count in buckets:
+        counts[int(start)] = counts.get(int(start), 0) + int(count)
+    return WindowLog(tuple(sorted(counts.items())))
