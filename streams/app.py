@@ -7,6 +7,7 @@ own modules and stay thin: they decode, call the pure core, and encode.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,9 @@ class Runtime:
     """The worker's ``FoldService`` (set by ``create_runtime``)."""
     metrics: Metrics = field(default_factory=Metrics)
     """The worker's Prometheus metrics."""
+    on_task_ended: Callable[[str, str], None] | None = None
+    """Told (task id, reason) after the commit of a task's terminal transition: the executor
+    cancels the task's handler if it runs here (set by ``streams.agents.executor``)."""
     producer: SharedProducer = field(init=False)
     """The plain producer for records written outside any event (timers, ticks, executors)."""
 

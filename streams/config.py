@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.domain.bounds import MAX_ATTEMPTS, MAX_POLICY_MS
+from streams.domain.events import MAX_RATE_LIMITED
 from streams.domain.limits import PlatformLimits, RateLimit
 from streams.errors import ConfigurationError
 from streams.topics import TopicNames
@@ -54,6 +55,9 @@ class Settings:
     """How long a completed task's result is served."""
     dependency_wait: float = 3_600.0
     """How long a task waits for a dependency that does not exist yet before it is cancelled."""
+    max_rate_limited: int = 10
+    """How many "rate limited" answers in a row fail a task (1 to 1000; fixed in the task's
+    ``TaskCreated``, so changing it affects only tasks created afterwards)."""
     data_dir: str = "./orchestrator-data"
     """Worker state directory (RocksDB tables). Each worker needs its own."""
     web_host: str = "127.0.0.1"
@@ -83,6 +87,10 @@ class Settings:
     health_stall_s: float = 60.0
     """Seconds the fold or the scheduler may make no progress on a partition with records
     waiting before ``GET /health`` answers 503. Env: ``ORCHESTRATOR_HEALTH_STALL_S``."""
+    shutdown_grace: float = 30.0
+    """Seconds a stopping worker (SIGTERM) gives its running handlers to finish; the rest are
+    cancelled and recorded as interrupted (retried at once elsewhere). Env:
+    ``ORCHESTRATOR_SHUTDOWN_GRACE``."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """``max_concurrent_tasks`` and the ``<platform>_rate_limits`` keys, as given."""
 
@@ -135,7 +143,7 @@ _POSITIVE = {
     "ageing",
     "health_stall_s",
 }
-_NON_NEGATIVE = {"max_retries", "retry_delay", "result_ttl"}
+_NON_NEGATIVE = {"max_retries", "retry_delay", "result_ttl", "shutdown_grace"}
 _PORTS = {"web_port"}
 _POLICY_SECONDS = {"default_timeout", "retry_delay", "result_ttl", "dependency_wait"}
 """Durations that travel in ``TaskCreated`` as milliseconds: 0 or at least 1 ms, at most
@@ -242,6 +250,11 @@ def _build(values: dict[str, Any]) -> Settings:
     if converted.get("max_retries", 0) > MAX_ATTEMPTS - 1:
         raise ConfigurationError(
             f"max_retries must be at most {MAX_ATTEMPTS - 1}, got {converted['max_retries']}"
+        )
+    if not 1 <= converted.get("max_rate_limited", 1) <= MAX_RATE_LIMITED:
+        raise ConfigurationError(
+            f"max_rate_limited must be an integer from 1 to {MAX_RATE_LIMITED},"
+            f" got {converted['max_rate_limited']}"
         )
     if "bootstrap_servers" in converted:
         _check_servers(converted["bootstrap_servers"])

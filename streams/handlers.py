@@ -15,7 +15,13 @@ The worker imports the modules that register handlers: ``orchestrator worker --h
 A handler's return value is the result (bytes as they are, anything else as JSON); an exception
 fails the attempt (retried while attempts remain), except :class:`NonRetryableError` and the
 types listed in ``non_retryable``, which fail the task at once, and :class:`RateLimitedError`,
-which pauses the platform and retries the task without spending an attempt.
+which pauses the platform and retries the task without spending an attempt, up to the task's
+``max_rate_limited`` answers in a row (default 10: the answer that reaches it fails the task).
+
+A handler runs until it returns, raises, reaches the attempt's timeout, or is cancelled: when
+its task is cancelled (or otherwise ends elsewhere), and when the worker stops and the handler
+has not finished within ``shutdown_grace`` (the attempt is then retried at once, elsewhere).
+Cancellation arrives as :class:`asyncio.CancelledError` at the handler's current ``await``.
 """
 
 from __future__ import annotations
@@ -29,7 +35,10 @@ from streams.errors import ConfigurationError, OrchestratorError
 
 
 class RateLimitedError(OrchestratorError):
-    """The platform answered "rate limited, retry after ``retry_after_s`` seconds"."""
+    """The platform answered "rate limited, retry after ``retry_after_s`` seconds".
+
+    The attempt is not spent; ``max_rate_limited`` such answers in a row fail the task.
+    """
 
     def __init__(self, retry_after_s: float = 60.0, message: str = "") -> None:
         super().__init__(message or f"rate limited, retry after {retry_after_s:g} s")

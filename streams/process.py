@@ -15,9 +15,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streams.config import Settings
 from streams.errors import InfrastructureError
 
 READY_LINE = "[^Worker]: Ready"
+
+STOP_MARGIN_S = 30.0
+"""How long :meth:`WorkerProcess.stop` waits beyond the worker's ``shutdown_grace`` (the
+handlers' drain) before SIGKILL: the fold's last commit, leaving the group, closing."""
 
 
 def free_port() -> int:
@@ -69,8 +74,27 @@ class WorkerProcess:
             time.sleep(0.1)
         raise InfrastructureError(f"worker not ready after {timeout_s} s:\n{self.log_tail()}")
 
-    def stop(self, timeout_s: float = 30.0) -> int:
-        """SIGTERM, wait, then SIGKILL; return the exit code."""
+    @property
+    def shutdown_grace_s(self) -> float:
+        """The worker's ``shutdown_grace`` as its environment sets it (else the default).
+
+        A grace set only in a ``--config`` file is not seen here: pass ``stop`` a timeout.
+        """
+        raw = self.env.get("ORCHESTRATOR_SHUTDOWN_GRACE", "")
+        try:
+            return float(raw) if raw else Settings.shutdown_grace
+        except ValueError:
+            return Settings.shutdown_grace
+
+    def stop(self, timeout_s: float | None = None) -> int:
+        """SIGTERM, wait, then SIGKILL; return the exit code.
+
+        The default wait is the worker's ``shutdown_grace`` plus :data:`STOP_MARGIN_S`: a
+        worker stopped with SIGTERM lets its running handlers finish first (up to the grace),
+        and a shorter wait would kill it mid-drain.
+        """
+        if timeout_s is None:
+            timeout_s = self.shutdown_grace_s + STOP_MARGIN_S
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:

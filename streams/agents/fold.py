@@ -175,6 +175,8 @@ class _Partition:
     last_changelog_write: asyncio.Future[RecordMetadata] | None = None
     deliveries: list[tuple[int, asyncio.Future[RecordMetadata]]] | None = None
     """Each send of the open transaction, with the offset of the record that caused it."""
+    ended: list[tuple[str, str]] | None = None
+    """Tasks that reached a terminal status in the open transaction (id, reason)."""
     broken: bool = False
     """Its transaction failed part-way: it must not commit; the partition is reopened."""
 
@@ -182,6 +184,7 @@ class _Partition:
         """Give up the open transaction: nothing of it may commit, its writes are forgotten."""
         self.broken = True
         self.store.discard()
+        self.ended = None
 
     def sent(self, offset: int, delivery: asyncio.Future[RecordMetadata]) -> None:
         """Remember a send of the record at ``offset``: the commit waits for its acknowledgement."""
@@ -227,6 +230,9 @@ class FoldService(Service):
         """Consecutive failures (reopens wait longer after each); a commit resets it."""
         self._store_broken = False
         self._logged: dict[str, tuple[float, int]] = {}
+        self._assigned = False
+        """Whether faust has assigned this worker its partitions at least once."""
+        self._announced = False
 
     async def on_start(self) -> None:
         self._loop_task = asyncio.ensure_future(self._run_or_crash())
@@ -249,6 +255,7 @@ class FoldService(Service):
 
     def assign(self, partitions: frozenset[int]) -> None:
         """Fold ``partitions`` from now on (and no others)."""
+        self._assigned = True
         self._wanted = partitions
         self._wanted_version += 1
         self._settled.clear()
@@ -275,6 +282,11 @@ class FoldService(Service):
     def ready(self) -> bool:
         """True when the open partitions are the assigned ones (nothing to restore)."""
         return self._open_version == self._wanted_version
+
+    @property
+    def serving(self) -> bool:
+        """True once the worker got its partitions and has them open (``GET /ready``)."""
+        return self._assigned and self.ready and not self._stopping
 
     def open_partitions(self) -> frozenset[int]:
         """The partitions folded here now (owned, restored and positioned)."""
@@ -435,6 +447,8 @@ class FoldService(Service):
         suspects = self._suspects.get(part.number)
         try:
             async with asyncio.timeout(COMMIT_TIMEOUT_S):
+                if part.deliveries:
+                    await _send_now(part.producer)
                 for offset, delivery in part.deliveries or ():
                     try:
                         await delivery
@@ -457,9 +471,13 @@ class FoldService(Service):
         part.in_transaction = False
         part.last_changelog_write = None
         part.deliveries = None
+        ended, part.ended = part.ended or [], None
         self._failures = 0
         if suspects is not None and part.next_offset >= suspects.until:
             del self._suspects[part.number]  # every suspect record is past
+        if self.runtime.on_task_ended is not None:
+            for task_id, reason in ended:  # committed: a handler still running here may stop
+                self.runtime.on_task_ended(task_id, reason)
         try:
             part.store.commit(checkpoint)
         except Exception as exc:  # RocksDB: a full disk, say; the changelog has the states
@@ -576,6 +594,17 @@ class FoldService(Service):
         if self.ready:
             self._settled.set()
             log.info("fold: folding partitions %s", sorted(wanted))
+            if self.serving and not self._announced:
+                self._announced = True
+                settings = self.runtime.settings
+                log.info(
+                    "worker ready: folding partitions %s of %s; HTTP API at http://%s:%d "
+                    "(GET /ready answers 200)",
+                    sorted(wanted),
+                    settings.topics.events,
+                    settings.web_host,
+                    settings.web_port,
+                )
 
     def _reopen(self, partitions: set[int]) -> None:
         """Reopen failed partitions: a new producer fences the old one; restore; seek."""
@@ -727,6 +756,19 @@ def _delivery(future: asyncio.Future[RecordMetadata]) -> asyncio.Future[RecordMe
     return future
 
 
+async def _send_now(producer: AIOKafkaProducer) -> None:
+    """Send what lingers in ``producer`` now and wait for every delivery of its transaction.
+
+    ``flush()`` would wait out each batch's linger (50 ms); the commit does not, and neither
+    should the wait for acknowledgements before it. aiokafka's accumulator has what the commit
+    itself uses (``flush_for_commit``: close the open batches, wake the sender); without it,
+    the public ``flush``.
+    """
+    accumulator = getattr(producer, "_message_accumulator", None)
+    flush_now = getattr(accumulator, "flush_for_commit", None)
+    await (flush_now() if flush_now is not None else producer.flush())
+
+
 async def _stop_quietly(producer: AIOKafkaProducer) -> None:
     """Stop a producer; an open transaction is left for the next owner's producer to end."""
     try:
@@ -813,6 +855,9 @@ class _Folding:
             self._part.sent(self._record.offset, write)
             self._part.last_changelog_write = write
             self._runtime.deadlines.track(task_event.task_id, next_deadline(new_state))
+            if new_state.status.is_terminal and not (state and state.status.is_terminal):
+                ended = self._part.ended = self._part.ended or []
+                ended.append((task_event.task_id, f"{new_state.status}: {new_state.last_error}"))
         await self._write(outputs)
 
     def _output(self, effect: Effect) -> _Output:

@@ -17,6 +17,9 @@ from enum import StrEnum
 
 _DERIVED_NAMESPACE = uuid.UUID("6f1b7f3e-0c55-4d0e-9a3c-5b1e2c7d9a10")
 
+MAX_RATE_LIMITED = 1_000
+"""The largest ``TaskCreated.max_rate_limited``."""
+
 
 class Source(StrEnum):
     """Who wrote an event."""
@@ -51,6 +54,9 @@ class TaskCreated:
         retry_delay_ms: base of the exponential retry backoff.
         result_ttl_ms: how long the result is served after completion.
         dependency_wait_ms: how long a dependency that does not exist yet is waited for.
+        max_rate_limited: "rate limited" answers in a row (``TaskFailed.throttled_ms > 0``)
+            after which the task fails, 1 to :data:`MAX_RATE_LIMITED` (events written before
+            the field existed decode with the default, 10).
     """
 
     task_type: str
@@ -63,6 +69,7 @@ class TaskCreated:
     retry_delay_ms: int
     result_ttl_ms: int
     dependency_wait_ms: int
+    max_rate_limited: int = 10
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,12 @@ class TaskFailed:
     retryable: bool = True
     throttled_ms: int = 0
     """If > 0, the platform answered "rate limited, retry after" this long: the attempt is not
-    counted, and the task is retried after that delay."""
+    counted, and the task is retried after that delay; ``max_rate_limited`` such answers in a
+    row fail the task."""
+    interrupted: bool = False
+    """The worker running the attempt stopped (SIGTERM) before the attempt ended: the attempt
+    is not counted and the task is retried at once. Not a "rate limited" answer: it neither
+    counts towards ``max_rate_limited`` nor resets the count, nor pauses the platform."""
 
 
 @dataclass(frozen=True)

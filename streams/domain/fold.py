@@ -38,6 +38,7 @@ from streams.domain.effects import (
     Released,
 )
 from streams.domain.events import (
+    MAX_RATE_LIMITED,
     DependencyOutcome,
     DependencyRegistered,
     DependencyResolved,
@@ -196,6 +197,8 @@ def _check_created(p: TaskCreated) -> None:
         _refuse(f"priority {p.priority} above {bounds.MAX_PRIORITY}", RejectionCode.INVALID_PAYLOAD)
     if p.max_attempts > bounds.MAX_ATTEMPTS:
         _refuse(f"max_attempts {p.max_attempts} above the limit of {bounds.MAX_ATTEMPTS}")
+    if p.max_rate_limited > MAX_RATE_LIMITED:
+        _refuse(f"max_rate_limited {p.max_rate_limited} above the limit of {MAX_RATE_LIMITED}")
     for name in ("timeout_ms", "retry_delay_ms", "result_ttl_ms", "dependency_wait_ms"):
         _refuse_span(name, getattr(p, name))
 
@@ -242,6 +245,7 @@ def _on_created(state: TaskState | None, event: Event, p: TaskCreated) -> _Resul
             retry_delay_ms=p.retry_delay_ms,
             result_ttl_ms=p.result_ttl_ms,
             dependency_wait_ms=p.dependency_wait_ms,
+            max_rate_limited=p.max_rate_limited,
         ),
         created_at_ms=event.occurred_at_ms,
         seen_event_ids=state.seen_event_ids if state is not None else (),
@@ -277,6 +281,7 @@ def _validate_created(p: TaskCreated) -> None:
             ("retry_delay_ms", p.retry_delay_ms >= 0),
             ("result_ttl_ms", p.result_ttl_ms >= 0),
             ("dependency_wait_ms", p.dependency_wait_ms > 0),
+            ("max_rate_limited", p.max_rate_limited >= 1),
             ("dependencies", all(bool(d) for d in p.dependencies)),
         )
         if not ok
@@ -429,6 +434,7 @@ def _on_completed(state: TaskState | None, event: Event, p: TaskCompleted) -> _R
         result_content_type=p.content_type,
         completed_at_ms=event.occurred_at_ms,
         deadline_ms=None,
+        rate_limited_in_row=0,
     )
     task, effects = _finish(task, event, Status.COMPLETED, "", DependencyOutcome.COMPLETED)
     record = CompletedTask(
@@ -447,6 +453,8 @@ def _on_completed(state: TaskState | None, event: Event, p: TaskCompleted) -> _R
 
 def _on_failed(state: TaskState | None, event: Event, p: TaskFailed) -> _Result:
     task = _require(state, event, Status.RUNNING, Status.DISPATCHED)
+    if p.interrupted:
+        return _interrupt_attempt(task, event, bounds.cut_reason(p.error))
     return _fail_attempt(task, event, bounds.cut_reason(p.error), p.retryable, p.throttled_ms)
 
 
@@ -504,14 +512,35 @@ def _fail_attempt(
 ) -> _Result:
     task = replace(task, last_error=error, deadline_ms=None)
     if throttled_ms > 0:  # the platform said "not now": this attempt does not count
+        in_row = task.rate_limited_in_row + 1
+        task = replace(task, rate_limited_in_row=in_row)
+        if in_row >= task.policy.max_rate_limited:  # ... unless it keeps saying so: give up
+            reason = bounds.cut_reason(f"rate limited {in_row} times in a row: {error}")
+            outcome = DependencyOutcome.FAILED
+            return _finish(task, event, Status.FAILED, reason, outcome, throttled_ms=throttled_ms)
         task = replace(task, attempt=task.attempt - 1)
         delay = throttled_ms
     elif not retryable or task.attempt >= task.policy.max_attempts:
+        task = replace(task, rate_limited_in_row=0)
         return _finish(task, event, Status.FAILED, error, DependencyOutcome.FAILED)
     else:
+        task = replace(task, rate_limited_in_row=0)
         delay = retry_delay_ms(task.policy.retry_delay_ms, task.attempt, event.event_id)
     retry = TaskRetryScheduled(task.attempt, delay, event.occurred_at_ms + delay)
     released = Released(task.task_id, task.platform, throttled_ms=max(throttled_ms, 0))
+    retrying = _enter(task, Status.RETRYING, event)
+    return retrying, (_follow_up(event, task.task_id, retry), released)
+
+
+def _interrupt_attempt(task: TaskState, event: Event, error: str) -> _Result:
+    """The worker running the attempt stopped before it ended: retry at once, for free.
+
+    The attempt is not counted and the "rate limited" count is left as it is (the platform gave
+    no answer); the slot is released without a pause, so the platform's rate is not touched.
+    """
+    task = replace(task, last_error=error, deadline_ms=None, attempt=task.attempt - 1)
+    retry = TaskRetryScheduled(task.attempt, 0, event.occurred_at_ms)
+    released = Released(task.task_id, task.platform)
     retrying = _enter(task, Status.RETRYING, event)
     return retrying, (_follow_up(event, task.task_id, retry), released)
 
@@ -521,13 +550,23 @@ def _finish_failed(task: TaskState, event: Event, reason: str) -> _Result:
 
 
 def _finish(
-    task: TaskState, event: Event, status: Status, reason: str, outcome: DependencyOutcome
+    task: TaskState,
+    event: Event,
+    status: Status,
+    reason: str,
+    outcome: DependencyOutcome,
+    throttled_ms: int = 0,
 ) -> _Result:
-    """Enter a terminal ``status`` and tell every dependent how this task ended."""
+    """Enter a terminal ``status`` and tell every dependent how this task ended.
+
+    ``throttled_ms``: the attempt ended with a "rate limited" answer, passed on to the
+    scheduler with the released slot (it pauses the platform).
+    """
     answers = _answer_all(task, event, outcome)
     if task.status in _SCHEDULED:
         completed = status is Status.COMPLETED
-        answers = (Released(task.task_id, task.platform, completed=completed), *answers)
+        released = Released(task.task_id, task.platform, completed, throttled_ms)
+        answers = (released, *answers)
     ended = replace(
         task,
         last_error=reason or task.last_error,

@@ -55,6 +55,8 @@ class TaskPolicy:
     retry_delay_ms: int = 0
     result_ttl_ms: int = 0
     dependency_wait_ms: int = 0
+    max_rate_limited: int = 10
+    """How many "rate limited" answers in a row fail the task (see ``TaskCreated``)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ class TaskState:
         retry_due_at_ms: when the scheduled retry becomes due.
         held_reason, held_detail, held_until_ms: why the scheduler holds the ready task back
             (from its ``TaskDeferred``), until when if known.
+        rate_limited_in_row: "rate limited" answers since the last other outcome of an attempt
+            (completion, failure, timeout); at ``policy.max_rate_limited`` the task fails.
         seen_event_ids: ids of every event applied, for idempotence.
     """
 
@@ -109,6 +113,7 @@ class TaskState:
     held_reason: str = ""
     held_detail: str = ""
     held_until_ms: int | None = None
+    rate_limited_in_row: int = 0
     history: tuple[Transition, ...] = ()
     seen_event_ids: tuple[str, ...] = ()
 

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from collections import Counter
 
 from streams import NonRetryableError, RateLimitedError, TaskContext, handler
 
 _throttle_answers: Counter[str] = Counter()
+
+STARTS_FILE_ENV = "EXECUTOR_TEST_STARTS"
+"""Names a file the lifecycle handlers append a line to on each start and cancellation
+(``time what task_id attempt pid``); the worker inherits it from the test's environment."""
+
+
+def _note(what: str, task: TaskContext) -> None:
+    path = os.environ.get(STARTS_FILE_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as file:
+            file.write(f"{time.time():.3f} {what} {task.task_id} {task.attempt} {os.getpid()}\n")
 
 
 @handler("noop")
@@ -53,3 +66,23 @@ async def throttled(task: TaskContext) -> dict[str, int]:
 @handler("gone")
 async def gone(task: TaskContext) -> None:
     raise NonRetryableError("account deleted")
+
+
+@handler("always_throttled")
+async def always_throttled(task: TaskContext) -> None:
+    """Answers "rate limited, retry after 0.05 s" every time."""
+    _note("started", task)
+    raise RateLimitedError(retry_after_s=0.05)
+
+
+@handler("sleepy")
+async def sleepy(task: TaskContext) -> dict[str, float]:
+    """Sleeps as many seconds as the target says; notes its start and its cancellation."""
+    _note("started", task)
+    try:
+        await asyncio.sleep(float(task.target))
+    except asyncio.CancelledError:
+        _note("cancelled", task)
+        raise
+    _note("finished", task)
+    return {"slept": float(task.target)}

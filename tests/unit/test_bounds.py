@@ -86,8 +86,7 @@ def test_a_duplicate_within_the_kept_ids_changes_nothing() -> None:
 
 
 def test_history_keeps_its_first_and_newest_transitions() -> None:
-    state = tf.state_in(Status.READY)
-    assert state is not None
+    state = tf.play(tf.created("t", max_rate_limited=bounds.MAX_ATTEMPTS))
     first = state.history[0]
     for _ in range(bounds.HISTORY_KEPT):  # throttled attempts: no attempt is spent
         state = tf.accept(state, tf.started("t")).state

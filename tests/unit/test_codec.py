@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+from importlib import resources
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from schemas import (
     load_schema,
     schema_fingerprint,
 )
+from schemas.codec import load_history
 from schemas.records import event_to_record, record_to_event
 from streams.domain import (
     CompletedTask,
@@ -71,6 +74,8 @@ EVERY_PAYLOAD = [
     DependencyWaitExpired(),
     TaskDeferred("rate_limit", "5 calls per 1 s used", AT + 200),
     TaskFailed("HTTP 429", retryable=True, throttled_ms=30_000),
+    TaskFailed("interrupted: worker stopping", retryable=True, interrupted=True),
+    TaskCreated("profile_scrape", "linkedin", "in/ada", 1, (), 60_000, 4, 5_000, 0, 1, 250),
 ]
 
 
@@ -167,3 +172,54 @@ def test_an_unknown_dependency_outcome_is_a_schema_error() -> None:
     record["payload"] = (record["payload"][0], {"dependency_id": "d", "outcome": "exploded"})
     with pytest.raises(SchemaError, match="invalid DependencyResolved"):
         record_to_event(record)
+
+
+# -- published history: messages written with an earlier schema stay readable -----------------
+
+
+def _history(version: int) -> dict[str, Any]:
+    """``schemas/history/task_event.v<version>.avsc``."""
+    folder = resources.files("schemas").joinpath("history")
+    text = folder.joinpath(f"task_event.v{version}.avsc").read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def test_the_codec_knows_versions_1_and_2_and_neither_is_the_current_schema() -> None:
+    history = [schema_fingerprint(s) for s in load_history("task_event")]
+    assert history[:2] == [schema_fingerprint(_history(1)), schema_fingerprint(_history(2))]
+    assert schema_fingerprint(load_schema("task_event")) not in history
+
+
+def test_a_v2_task_created_decodes_with_the_default_rate_limited_bound() -> None:
+    """v2 is the schema before ``max_rate_limited`` and ``interrupted`` were added."""
+    event = Event("e", "t", AT, Source.CLIENT, EVERY_PAYLOAD[0])
+    record = event_to_record(event)
+    record["payload"][1].pop("max_rate_limited")
+    v2_message = SingleObjectCodec(_history(2)).encode(record)
+    assert v2_message[2:10] == schema_fingerprint(_history(2))
+
+    decoded = decode_event(v2_message)
+
+    assert isinstance(decoded.payload, TaskCreated)
+    assert decoded.payload.max_rate_limited == 10
+    assert decoded == event  # EVERY_PAYLOAD[0] has the default bound
+
+
+def test_a_v2_task_failed_decodes_as_not_interrupted_and_keeps_its_throttling() -> None:
+    event = Event("e", "t", AT, Source.EXECUTOR, TaskFailed("HTTP 429", True, 30_000))
+    record = event_to_record(event)
+    record["payload"][1].pop("interrupted")
+
+    decoded = decode_event(SingleObjectCodec(_history(2)).encode(record))
+
+    assert decoded == event
+    assert isinstance(decoded.payload, TaskFailed) and decoded.payload.interrupted is False
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_messages_of_every_published_version_decode(version: int) -> None:
+    for payload in (EVERY_PAYLOAD[0], TaskFailed("HTTP 500", retryable=False), TaskStarted()):
+        event = Event("e", "t", AT, Source.CLIENT, payload)
+        message = SingleObjectCodec(_history(version)).encode(event_to_record(event))
+        assert decode_event(message) == event

@@ -162,7 +162,7 @@ def test_an_audit_timeline_lists_a_tasks_records_in_log_order_with_rejections_ma
     assert timeline[0].entered == ("ready",) and timeline[0].status_before is None
     assert timeline[1].status_before == "ready" and timeline[1].status_after == "running"
     assert timeline[5].entered == ("retrying",)
-    assert timeline[5].summary == "error='boom' retryable=True throttled_ms=0"
+    assert timeline[5].summary == "error='boom' retryable=True throttled_ms=0 interrupted=False"
     assert timeline[5].occurred_at_ms == T0 + 5 and timeline[5].source == "executor"
     assert audit.to_json()["timelines"]["t"][3]["verdict"] == "rejected"
 

@@ -66,6 +66,7 @@ def test_binary_result_history_and_policy_survive_the_round_trip() -> None:
         "retry_delay_ms": 99,
         "result_ttl_ms": 5,
         "dependency_wait_ms": 6,
+        "max_rate_limited": 10,
     }
     assert data["history"] == [
         ["ready", T0, state.history[0].event_id],
