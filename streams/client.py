@@ -61,6 +61,7 @@ from streams.domain.bounds import (
     result_problem,
     target_problem,
 )
+from streams.domain.events import MAX_RATE_LIMITED
 from streams.domain.signals import PlatformPaused, SchedulerSignal
 from streams.errors import (
     InfrastructureError,
@@ -76,6 +77,9 @@ PRIORITY_RANGE = range(1, MAX_PRIORITY + 1)
 _MS = 1000
 MAX_READ_WAIT_S = 120.0
 """The longest ``?wait=`` a worker accepts (``streams.web.MAX_WAIT_S``)."""
+RETRY_FIRST_S = 0.05
+RETRY_MAX_S = 1.0
+"""Backoff of a read retried because the worker is starting, rebalancing or restoring."""
 _ABANDON_S = 2.0
 """How long dropping a producer whose broker does not answer may take (after the deadline)."""
 
@@ -203,6 +207,7 @@ class TaskManager:
         task_id: str | None = None,
         max_retries: int | None = None,
         retry_delay: float | None = None,
+        max_rate_limited: int | None = None,
     ) -> str:
         """Submit a task; return its id.
 
@@ -216,6 +221,8 @@ class TaskManager:
             task_id: a caller-chosen id (default: a new uuid), at most 200 characters of
                 ``A-Z a-z 0-9 . _ : @ = + ~ -``, starting with a letter or digit.
             max_retries, retry_delay: override the configured retry policy for this task.
+            max_rate_limited: "rate limited" answers in a row after which the task fails,
+                1 to 1000 (default: the ``max_rate_limited`` setting, 10).
 
         Raises:
             ValidationError: bad arguments; nothing was written.
@@ -231,6 +238,7 @@ class TaskManager:
             task_id,
             max_retries,
             retry_delay,
+            max_rate_limited,
         )
         await self._write(
             "create_task", task_id, payload, event_id=derived_event_id(task_id, "created")
@@ -248,6 +256,7 @@ class TaskManager:
         task_id: str | None,
         max_retries: int | None,
         retry_delay: float | None,
+        max_rate_limited: int | None = None,
     ) -> tuple[str, TaskCreated]:
         """The id and ``TaskCreated`` of a new task, validated (see :meth:`create_task`)."""
         s = self.settings
@@ -278,6 +287,16 @@ class TaskManager:
                 f"max_retries must be a non-negative integer, at most {MAX_ATTEMPTS - 1},"
                 f" got {retries!r}"
             )
+        rate_limited = s.max_rate_limited if max_rate_limited is None else max_rate_limited
+        if (
+            isinstance(rate_limited, bool)
+            or not isinstance(rate_limited, int)
+            or not 1 <= rate_limited <= MAX_RATE_LIMITED
+        ):
+            raise ValidationError(
+                f"max_rate_limited must be an integer from 1 to {MAX_RATE_LIMITED},"
+                f" got {rate_limited!r}"
+            )
         payload = TaskCreated(
             task_type=task_type,
             platform=platform,
@@ -291,6 +310,7 @@ class TaskManager:
             ),
             result_ttl_ms=_policy_ms("result_ttl", s.result_ttl, zero_ok=True),
             dependency_wait_ms=_policy_ms("dependency_wait", s.dependency_wait),
+            max_rate_limited=rate_limited,
         )
         return task_id, payload
 
@@ -335,14 +355,19 @@ class TaskManager:
             )
         await self._write("complete_task", task_id, TaskCompleted(body, content_type))
 
-    async def fail_task(self, task_id: str, reason: str, retryable: bool = True) -> None:
+    async def fail_task(
+        self, task_id: str, reason: str | BaseException = "", retryable: bool = True
+    ) -> None:
         """Record that the running attempt failed; a retryable one is retried if attempts remain.
 
-        A reason longer than ``MAX_REASON_CHARS`` (2,000) is cut, not refused.
+        ``reason`` is any text, empty included, or the exception itself: its type is recorded
+        with its message (``str(TimeoutError())`` is empty, so the spec's
+        ``fail_task(id, str(e))`` says little; ``fail_task(id, e)`` says ``TimeoutError``). A
+        reason longer than ``MAX_REASON_CHARS`` (2,000) is cut, not refused.
         """
         _check(id_problem("task_id", task_id))
-        _require_text("reason", reason)
-        await self._write("fail_task", task_id, TaskFailed(cut_reason(reason), bool(retryable)))
+        error = _reason_text(reason)
+        await self._write("fail_task", task_id, TaskFailed(cut_reason(error), bool(retryable)))
 
     async def cancel_task(self, task_id: str, reason: str = "cancelled by user") -> None:
         """Cancel the task (and, in turn, the tasks that depend on it).
@@ -448,15 +473,8 @@ class TaskManager:
                 " last write to the task)"
             )
         async with _deadline(self.settings, call, waiting_for):
-            try:
-                async with self._http.get(url, params=params) as response:
-                    document: dict[str, Any] = await response.json(content_type=None)
-                    status = response.status
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                raise InfrastructureError(
-                    f"cannot read from the worker at {url}: {exc}", retriable=True
-                ) from exc
-        if status == 200:
+            status, document = await self._get_retrying(url, params)
+        if status == 200 and isinstance(document, dict):
             return document
         detail = document.get("detail", document) if isinstance(document, dict) else document
         if status == 404:
@@ -468,6 +486,38 @@ class TaskManager:
         if status == 400:
             raise ValidationError(f"the worker refused the request: {detail}")
         raise InfrastructureError(f"worker answered {status}: {detail}", retriable=status >= 500)
+
+    async def _get_retrying(self, url: str, params: dict[str, str]) -> tuple[int, Any]:
+        """GET ``url``, retrying what may pass (a worker starting, a rebalance, a restore).
+
+        Connection errors and 503 answers are retried with backoff for up to ``read_timeout``
+        seconds; after that the last one is raised (connection) or returned (503).
+        """
+        assert self._http is not None
+        began = time.monotonic()
+        backoff_s = RETRY_FIRST_S
+        while True:
+            try:
+                async with self._http.get(url, params=params) as response:
+                    document: Any = await response.json(content_type=None)
+                    status = response.status
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                problem: Exception | None = exc
+            else:
+                problem = None
+                if status != 503:
+                    return status, document
+            waited_s = time.monotonic() - began
+            if waited_s + backoff_s > self.settings.read_timeout:
+                if problem is not None:
+                    raise InfrastructureError(
+                        f"cannot read from the worker at {url} (tried for {waited_s:.1f} s, "
+                        f"read_timeout {self.settings.read_timeout:g} s): {problem}",
+                        retriable=True,
+                    ) from problem
+                return status, document
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, RETRY_MAX_S)
 
 
 @dataclass
@@ -537,6 +587,16 @@ def _id_list(values: object) -> list[Any]:
     if not isinstance(values, Iterable):
         raise ValidationError(f"dependencies must be a list of task ids, got {values!r}")
     return list(values)
+
+
+def _reason_text(reason: object) -> str:
+    """The error text of a failure: an exception as ``Type: message``, empty as said so."""
+    if isinstance(reason, BaseException):
+        message = str(reason)
+        return f"{type(reason).__name__}: {message}" if message else type(reason).__name__
+    if not isinstance(reason, str):
+        raise ValidationError(f"reason must be a string or an exception, got {reason!r}")
+    return reason or "failed (no reason given)"
 
 
 def _require_text(name: str, value: object) -> None:

@@ -3,14 +3,17 @@
 A request for a task reaching any worker is forwarded by faust's topic router to the worker
 that owns the task's partition of ``task.events`` (keys are raw UTF-8 bytes, as on the topic).
 A client that has just written an event passes ``after=PARTITION:OFFSET``; the view waits until
-the fold has processed that offset (at most ``wait`` seconds, default ``read_timeout``, capped at
-``MAX_WAIT_S``), so the answer reflects the client's own write.
+the fold has processed that offset (at most ``wait`` seconds, default ``read_timeout``; a
+``wait`` outside 0 to ``MAX_WAIT_S`` is refused with 400), so the answer reflects the client's
+own write.
 
 Routes:
     GET /tasks/{task_id}         the task's state (404 if no such task)
     GET /tasks/{task_id}/result  the result (409 not completed, 410 expired)
     GET /limits/{platform}       the platform's limit status (windows, pause, in flight, queue)
     GET /metrics                 Prometheus metrics of this worker
+    GET /ready                   200 once the worker has its partitions assigned and open, else
+                                 503 (starting, rebalancing, restoring)
     GET /health                  200 ``{"status": "healthy"}``, or 503 ``{"status": "unhealthy",
                                  "reasons": [...]}`` while a store refuses writes or the fold or
                                  the scheduler is stalled (see ``streams.health``)
@@ -45,6 +48,7 @@ def register(runtime: Runtime) -> None:
     register_limits_view(runtime)
     register_metrics_view(runtime)
     register_health_view(runtime)
+    register_ready_view(runtime)
 
     @app.page("/tasks/{task_id}")
     @app.topic_route(topic=runtime.events_topic, match_info="task_id")
@@ -98,13 +102,32 @@ def register_health_view(runtime: Runtime) -> None:
         return self.json({"status": "healthy", "reasons": [], **document})
 
 
+def register_ready_view(runtime: Runtime) -> None:
+    """Add ``GET /ready``: 200 once this worker has its partitions assigned and open.
+
+    Until then (starting, rebalancing, restoring) it answers 503; clients retry such answers.
+    """
+    app = runtime.app
+
+    @app.page("/ready")
+    async def ready(self: View, request: Request) -> Response:
+        fold = runtime.fold
+        if fold is not None and fold.serving and not app.rebalancing:
+            partitions = sorted(fold.open_partitions())
+            return self.json({"status": "ready", "partitions": partitions})
+        detail = "the worker is starting, rebalancing or restoring its partitions"
+        return self.json({"status": "not_ready", "detail": detail}, status=503)
+
+
 def register_metrics_view(runtime: Runtime) -> None:
     """Add ``GET /metrics``: this worker's metrics in Prometheus' text format."""
     app = runtime.app
 
     @app.page("/metrics")
     async def metrics(self: View, request: Request) -> Response:
-        for partition, lag in (await runtime.fold.lags()).items():
+        lags = await runtime.fold.lags()
+        runtime.metrics.lag.clear()  # a partition that moved away is no longer this worker's
+        for partition, lag in lags.items():
             runtime.metrics.lag.labels(str(partition)).set(lag)
         return self.bytes(
             runtime.metrics.exposition(), content_type=CONTENT_TYPE_LATEST.split(";")[0]

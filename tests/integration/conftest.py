@@ -56,9 +56,16 @@ class Cluster:
         self.workers: list[WorkerProcess] = []
 
     def start(
-        self, name: str, config: dict[str, Any] | None = None, **settings: str
+        self,
+        name: str,
+        config: dict[str, Any] | None = None,
+        *,
+        wait: bool = True,
+        **settings: str,
     ) -> WorkerProcess:
         """Start a worker with its own data dir and web port, and wait until it is ready.
+
+        With ``wait=False`` it returns as soon as the process is launched.
 
         ``config`` goes to the worker as a JSON ``--config`` file (rate limits need one).
         """
@@ -83,7 +90,8 @@ class Cluster:
             extra_env={"PYTHONPATH": str(REPO_ROOT)},
         )
         self.workers.append(worker)
-        worker.wait_ready()
+        if wait:
+            worker.wait_ready()
         return worker
 
     def stop_all(self) -> None:

@@ -337,9 +337,26 @@ async def test_long_reasons_are_cut_not_refused(monkeypatch: pytest.MonkeyPatch)
     assert failed.error.endswith("[cut from 60000 characters]")
 
 
-async def test_an_empty_fail_reason_is_still_refused() -> None:
-    with pytest.raises(ValidationError, match=r"reason must be a non-empty string"):
-        await manager().fail_task("t1", "")
+async def test_any_fail_reason_is_accepted_and_an_exception_names_its_type(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tm = manager()
+    written: list[Any] = []
+
+    async def record(call: str, task_id: str, payload: Any, event_id: str | None = None) -> None:
+        written.append(payload)
+
+    monkeypatch.setattr(tm, "_write", record)
+    await tm.fail_task("t1", "")
+    await tm.fail_task("t1", TimeoutError())
+    await tm.fail_task("t1", ValueError("bad page"))
+    assert [p.error for p in written] == [
+        "failed (no reason given)",
+        "TimeoutError",
+        "ValueError: bad page",
+    ]
+    with pytest.raises(ValidationError, match=r"reason must be a string or an exception"):
+        await tm.fail_task("t1", 42)  # type: ignore[arg-type]
 
 
 async def test_ids_travel_url_escaped() -> None:
