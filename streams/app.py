@@ -60,6 +60,48 @@ class ProcessedOffsets:
         return True
 
 
+class Verdicts:
+    """What the fold decided about recent records of ``task.events``: which it refused, and why.
+
+    A client that wrote an event asks for its verdict by partition and offset
+    (``GET /tasks/{id}/verdict``). Kept per partition since this worker opened it, for the
+    newest ``KEPT`` refusals; older offsets (or ones folded by a previous owner) are unknown.
+    A verdict is the fold's as soon as it folded the record, before the commit: a transaction
+    that then fails folds the record again, deterministically, to the same verdict (except a
+    record whose output the broker refuses, dead-lettered on that retry).
+    """
+
+    KEPT = 10_000
+
+    def __init__(self) -> None:
+        self._refused: dict[int, dict[int, tuple[str, str]]] = {}
+        self._known_from: dict[int, int] = {}
+
+    def opened(self, partition: int, offset: int) -> None:
+        """The fold opened ``partition`` at ``offset``: it decides everything from there."""
+        self._known_from[partition] = offset
+        self._refused[partition] = {}
+
+    def refused(self, partition: int, offset: int, reason: str, detail: str) -> None:
+        """The fold dead-lettered the record at ``offset``."""
+        refused = self._refused.setdefault(partition, {})
+        refused[offset] = (reason, detail)
+        if len(refused) > self.KEPT:  # forget the oldest: offsets before it become unknown
+            oldest = min(refused)
+            del refused[oldest]
+            self._known_from[partition] = max(self._known_from.get(partition, 0), oldest + 1)
+
+    def verdict(self, partition: int, offset: int) -> tuple[str, str, str]:
+        """("applied" | "refused" | "unknown", reason, detail) of a folded record."""
+        known_from = self._known_from.get(partition)
+        if known_from is None or offset < known_from:
+            return "unknown", "", ""
+        found = self._refused.get(partition, {}).get(offset)
+        if found is not None:
+            return "refused", *found
+        return "applied", "", ""
+
+
 @dataclass
 class Runtime:
     """One worker's Faust app and what its agents and views share."""
@@ -70,6 +112,8 @@ class Runtime:
     tasks: TaskStore
     """The ``tasks`` table (written by the fold only)."""
     processed: ProcessedOffsets = field(default_factory=ProcessedOffsets)
+    verdicts: Verdicts = field(default_factory=Verdicts)
+    """The fold's recent verdicts (refused or applied), for clients that confirm writes."""
     deadlines: DeadlineIndex = field(default_factory=lambda: _deadline_index())
     scheduler: Any = None
     """The worker's ``SchedulerService`` (set by ``create_runtime``)."""

@@ -64,6 +64,8 @@ from streams.domain.bounds import (
 from streams.domain.events import MAX_RATE_LIMITED
 from streams.domain.signals import PlatformPaused, SchedulerSignal
 from streams.errors import (
+    REJECTION_ERRORS,
+    EventRejectedError,
     InfrastructureError,
     OrchestratorError,
     RequestTimeoutError,
@@ -208,6 +210,7 @@ class TaskManager:
         max_retries: int | None = None,
         retry_delay: float | None = None,
         max_rate_limited: int | None = None,
+        confirm: bool = True,
     ) -> str:
         """Submit a task; return its id.
 
@@ -240,9 +243,8 @@ class TaskManager:
             retry_delay,
             max_rate_limited,
         )
-        await self._write(
-            "create_task", task_id, payload, event_id=derived_event_id(task_id, "created")
-        )
+        event_id = derived_event_id(task_id, "created")
+        await self._write("create_task", task_id, payload, event_id, confirm=confirm)
         return task_id
 
     def _new_task(
@@ -314,12 +316,19 @@ class TaskManager:
         )
         return task_id, payload
 
-    async def start_task(self, task_id: str) -> None:
-        """Record that an attempt of the task started (from ``ready`` or ``dispatched``)."""
-        _check(id_problem("task_id", task_id))
-        await self._write("start_task", task_id, TaskStarted())
+    async def start_task(self, task_id: str, confirm: bool = True) -> None:
+        """Record that an attempt of the task started (from ``ready`` or ``dispatched``).
 
-    async def update_task_progress(self, task_id: str, progress: float) -> None:
+        Raises:
+            IllegalTransitionError: the task is in no status to start (failed, running, ...).
+            UnknownTaskError: there is no such task.
+        """
+        _check(id_problem("task_id", task_id))
+        await self._write("start_task", task_id, TaskStarted(), confirm=confirm)
+
+    async def update_task_progress(
+        self, task_id: str, progress: float, confirm: bool = True
+    ) -> None:
         """Report progress of the running attempt, a fraction in [0, 1] that never decreases."""
         _check(id_problem("task_id", task_id))
         if isinstance(progress, bool) or not isinstance(progress, int | float):
@@ -328,9 +337,10 @@ class TaskManager:
             raise ValidationError(f"progress must be a finite number in [0, 1], got {progress}")
         if not 0.0 <= progress <= 1.0:
             raise ValidationError(f"progress must be in [0, 1], got {progress}")
-        await self._write("update_task_progress", task_id, TaskProgress(float(progress)))
+        payload = TaskProgress(float(progress))
+        await self._write("update_task_progress", task_id, payload, confirm=confirm)
 
-    async def complete_task(self, task_id: str, result: Any = None) -> None:
+    async def complete_task(self, task_id: str, result: Any = None, confirm: bool = True) -> None:
         """Record that the running attempt finished with ``result``.
 
         ``bytes`` are stored as they are; anything else is stored as JSON.
@@ -353,10 +363,15 @@ class TaskManager:
                 f"result of {len(body)} bytes exceeds the cap of {MAX_RESULT_BYTES} bytes"
                 " (MAX_RESULT_BYTES)"
             )
-        await self._write("complete_task", task_id, TaskCompleted(body, content_type))
+        payload = TaskCompleted(body, content_type)
+        await self._write("complete_task", task_id, payload, confirm=confirm)
 
     async def fail_task(
-        self, task_id: str, reason: str | BaseException = "", retryable: bool = True
+        self,
+        task_id: str,
+        reason: str | BaseException = "",
+        retryable: bool = True,
+        confirm: bool = True,
     ) -> None:
         """Record that the running attempt failed; a retryable one is retried if attempts remain.
 
@@ -367,20 +382,34 @@ class TaskManager:
         """
         _check(id_problem("task_id", task_id))
         error = _reason_text(reason)
-        await self._write("fail_task", task_id, TaskFailed(cut_reason(error), bool(retryable)))
+        payload = TaskFailed(cut_reason(error), bool(retryable))
+        await self._write("fail_task", task_id, payload, confirm=confirm)
 
-    async def cancel_task(self, task_id: str, reason: str = "cancelled by user") -> None:
+    async def cancel_task(
+        self, task_id: str, reason: str = "cancelled by user", confirm: bool = True
+    ) -> None:
         """Cancel the task (and, in turn, the tasks that depend on it).
 
         A reason longer than ``MAX_REASON_CHARS`` (2,000) is cut, not refused.
         """
         _check(id_problem("task_id", task_id))
         _require_text("reason", reason)
-        await self._write("cancel_task", task_id, TaskCancelled(cut_reason(reason)))
+        payload = TaskCancelled(cut_reason(reason))
+        await self._write("cancel_task", task_id, payload, confirm=confirm)
 
     async def _write(
-        self, call: str, task_id: str, payload: Payload, event_id: str | None = None
+        self,
+        call: str,
+        task_id: str,
+        payload: Payload,
+        event_id: str | None = None,
+        confirm: bool = False,
     ) -> None:
+        """Write the event; with ``confirm``, wait for the fold's verdict and raise a refusal.
+
+        Raises:
+            EventRejectedError: (a subclass by reason) the fold refused the event.
+        """
         _check(id_problem("task_id", task_id))
         if self._producer is None:
             raise OrchestratorError("TaskManager is not started: use 'async with TaskManager(...)'")
@@ -405,7 +434,21 @@ class TaskManager:
             except BaseException:  # cancelled (the deadline): the event may still be written
                 self._unacknowledged = True
                 raise
-        self._last_write[task_id] = (metadata.partition, metadata.offset)
+            self._last_write[task_id] = (metadata.partition, metadata.offset)
+            if confirm:
+                await self._confirm(call, task_id, metadata.partition, metadata.offset)
+
+    async def _confirm(self, call: str, task_id: str, partition: int, offset: int) -> None:
+        """Raise the fold's refusal of the record at ``partition``:``offset``, if it refused it.
+
+        An ``unknown`` verdict (the record was folded before the answering worker opened the
+        partition: a rebalance in between) confirms nothing and raises nothing.
+        """
+        path = f"/tasks/{urllib.parse.quote(task_id, safe='')}/verdict"
+        answer = await self._get(call, path, task_id)
+        if answer.get("verdict") == "refused":
+            reason, detail = str(answer.get("reason", "")), str(answer.get("detail", ""))
+            raise REJECTION_ERRORS.get(reason, EventRejectedError)(call, reason, detail)
 
     async def _signal(self, call: str, signal: SchedulerSignal) -> None:
         if self._producer is None:

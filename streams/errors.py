@@ -73,6 +73,40 @@ class TaskNotFoundError(OrchestratorError, LookupError):
     """No task with that id is known to the worker that owns it."""
 
 
+class EventRejectedError(OrchestratorError):
+    """The fold refused the event a client call wrote (it is in the DLQ; nothing changed).
+
+    Attributes:
+        reason: the DLQ reason (``illegal_transition``, ``unknown_task``, ...).
+        detail: the fold's explanation.
+    """
+
+    def __init__(self, call: str, reason: str, detail: str) -> None:
+        super().__init__(f"{call} was refused ({reason}): {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class IllegalTransitionError(EventRejectedError):
+    """The event is not allowed in the task's status (``start_task`` on a failed task, ...)."""
+
+
+class UnknownTaskError(EventRejectedError, TaskNotFoundError):
+    """The event is about a task that does not exist."""
+
+
+class DuplicateTaskError(EventRejectedError):
+    """``create_task`` with the id of a task that already exists."""
+
+
+REJECTION_ERRORS: dict[str, type[EventRejectedError]] = {
+    "illegal_transition": IllegalTransitionError,
+    "unknown_task": UnknownTaskError,
+    "duplicate_task": DuplicateTaskError,
+}
+"""The error a refused event raises in the client, by DLQ reason (others: the base class)."""
+
+
 class ResultExpiredError(OrchestratorError):
     """The task completed, but its result is older than ``result_ttl`` and is no longer served."""
 

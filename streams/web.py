@@ -10,6 +10,10 @@ own write.
 Routes:
     GET /tasks/{task_id}         the task's state (404 if no such task)
     GET /tasks/{task_id}/result  the result (409 not completed, 410 expired)
+    GET /tasks/{task_id}/verdict?after=P:O
+                                 whether the fold applied or refused the record at offset O of
+                                 partition P (``applied``, ``refused`` with reason and detail,
+                                 or ``unknown`` if folded before this worker opened it)
     GET /limits/{platform}       the platform's limit status (windows, pause, in flight, queue)
     GET /metrics                 Prometheus metrics of this worker
     GET /ready                   200 once the worker has its partitions assigned and open, else
@@ -57,6 +61,19 @@ def register(runtime: Runtime) -> None:
         if state is None:
             return error
         return self.json(status_document(state))
+
+    @app.page("/tasks/{task_id}/verdict")
+    @app.topic_route(topic=runtime.events_topic, match_info="task_id")
+    async def task_verdict(self: View, request: Request, task_id: str) -> Response:
+        if not request.query.get("after"):
+            detail = "after=PARTITION:OFFSET of the record is required"
+            return self.json({"error": "bad_request", "detail": detail}, status=400)
+        written, error = await _caught_up(runtime, self, request, task_id)
+        if error is not None:
+            return error
+        assert written is not None
+        verdict, reason, detail = runtime.verdicts.verdict(*written)
+        return self.json({"verdict": verdict, "reason": reason, "detail": detail})
 
     @app.page("/tasks/{task_id}/result")
     @app.topic_route(topic=runtime.events_topic, match_info="task_id")
@@ -236,9 +253,13 @@ def _wait_seconds(asked: str | None, default_s: float) -> float:
     return seconds
 
 
-async def _read(
+async def _caught_up(
     runtime: Runtime, view: View, request: Request, task_id: str
-) -> tuple[TaskState | None, Response]:
+) -> tuple[tuple[int, int] | None, Response | None]:
+    """Wait until the fold has the task's partition open and has folded ``after`` (if given).
+
+    Returns ``after`` as (partition, offset) (None if not asked), or the error to answer.
+    """
     problem = id_problem("task id", task_id)  # also keeps '..', '/' and the like out
     if problem is not None:
         return None, view.json({"error": "bad_request", "detail": problem}, status=400)
@@ -254,16 +275,27 @@ async def _read(
             return None, view.json({"error": "store_failed", "detail": detail}, status=503)
         return None, _not_ready(view)
     after = request.query.get("after")
-    if after:
-        try:
-            partition, offset = (int(part) for part in after.split(":", 1))
-        except ValueError:
-            return None, view.json(
-                {"error": "bad_request", "detail": "after must be PARTITION:OFFSET"}, status=400
-            )
-        if not await runtime.processed.wait_for(partition, offset, wait_s):
-            detail = f"the worker has not processed offset {offset} of partition {partition} yet"
-            return None, view.json({"error": "not_caught_up", "detail": detail}, status=503)
+    if not after:
+        return None, None
+    try:
+        partition, offset = (int(part) for part in after.split(":", 1))
+    except ValueError:
+        return None, view.json(
+            {"error": "bad_request", "detail": "after must be PARTITION:OFFSET"}, status=400
+        )
+    if not await runtime.processed.wait_for(partition, offset, wait_s):
+        detail = f"the worker has not processed offset {offset} of partition {partition} yet"
+        return None, view.json({"error": "not_caught_up", "detail": detail}, status=503)
+    return (partition, offset), None
+
+
+async def _read(
+    runtime: Runtime, view: View, request: Request, task_id: str
+) -> tuple[TaskState | None, Response]:
+    _, error = await _caught_up(runtime, view, request, task_id)
+    if error is not None:
+        return None, error
+    key = task_id.encode("utf-8")
     stored = runtime.tasks.get(key)
     state = state_from_json(stored) if stored is not None else None
     if state is None or not state.status.is_created:

@@ -17,12 +17,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaProducer
 
 from projections.log import Verdict
 from projections.replay import replay
 from streams.client import TaskManager
 from streams.domain import Status, state_to_json
+from streams.errors import EventRejectedError, IllegalTransitionError
 from tests.integration.conftest import PARTITIONS, REPO_ROOT, Cluster
 from tests.integration.kafka_io import partition_of, produce
 
@@ -109,8 +111,10 @@ async def mixed_workload(tm: TaskManager, cluster: Cluster, run: str) -> dict[st
     await tm.complete_task(ids["dependency"], {"followers": 1234})
     await tm.fail_task(ids["retried"], "HTTP 503")
     await tm.cancel_task(ids["cancelled"])
-    # dead-lettered: progress for a cancelled task, and bytes that are no event at all
-    await tm.update_task_progress(ids["cancelled"], 0.5)
+    # dead-lettered: progress for a cancelled task (the confirmed write raises), and bytes that
+    # are no event at all
+    with pytest.raises(IllegalTransitionError, match="not allowed in status cancelled"):
+        await tm.update_task_progress(ids["cancelled"], 0.5)
     await produce(cluster.bootstrap_servers, cluster.topics.events, [(b"junk", b"\x00junk")])
 
     await until_status(tm, ids["dependent"], lambda s: s["status"] == "ready")
@@ -245,10 +249,12 @@ async def test_audit_lists_a_tasks_records_in_log_order_with_the_rejected_ones_m
         task = await tm.create_task("profile_scrape", "twitter", "ada")
         await tm.start_task(task)
         await tm.update_task_progress(task, 0.6)
-        await tm.update_task_progress(task, 0.2)  # refused: progress never goes down
+        with pytest.raises(EventRejectedError, match="progress_out_of_range"):
+            await tm.update_task_progress(task, 0.2)  # refused: progress never goes down
         await produce(cluster.bootstrap_servers, cluster.topics.events, [(task.encode(), b"\x01")])
         await tm.complete_task(task, {"followers": 7})
-        await tm.start_task(task)  # refused: it is completed
+        with pytest.raises(IllegalTransitionError):
+            await tm.start_task(task)  # refused: it is completed
         await tm.create_task("profile_scrape", "twitter", "someone else")
 
     readable = await orchestrator(cluster, "audit", task)

@@ -324,7 +324,7 @@ async def test_long_reasons_are_cut_not_refused(monkeypatch: pytest.MonkeyPatch)
     tm = manager()
     written: list[Any] = []
 
-    async def record(call: str, task_id: str, payload: Any, event_id: str | None = None) -> None:
+    async def record(call: str, task_id: str, payload: Any, *args: Any, **kwargs: Any) -> None:
         written.append(payload)
 
     monkeypatch.setattr(tm, "_write", record)
@@ -343,7 +343,7 @@ async def test_any_fail_reason_is_accepted_and_an_exception_names_its_type(
     tm = manager()
     written: list[Any] = []
 
-    async def record(call: str, task_id: str, payload: Any, event_id: str | None = None) -> None:
+    async def record(call: str, task_id: str, payload: Any, *args: Any, **kwargs: Any) -> None:
         written.append(payload)
 
     monkeypatch.setattr(tm, "_write", record)
