@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,12 @@ def _parser() -> argparse.ArgumentParser:
         help="import MODULE, which registers handlers (repeatable; env ORCHESTRATOR_HANDLERS)",
     )
     worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    worker.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=None,
+        help="text, or json: one object per line (env ORCHESTRATOR_LOG_FORMAT; default text)",
+    )
     worker.set_defaults(handler=_worker)
 
     submit = commands.add_parser("submit", help="create a task")
@@ -255,7 +261,10 @@ def _kafka_down(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from streams.worker import run_worker
 
-    run_worker(_settings(args), loglevel=args.loglevel)
+    settings = _settings(args)
+    if args.log_format is not None:
+        settings = replace(settings, log_format=args.log_format)
+    run_worker(settings, loglevel=args.loglevel)
     return 0
 
 

@@ -91,6 +91,9 @@ class Settings:
     """Seconds a stopping worker (SIGTERM) gives its running handlers to finish; the rest are
     cancelled and recorded as interrupted (retried at once elsewhere). Env:
     ``ORCHESTRATOR_SHUTDOWN_GRACE``."""
+    log_format: str = "text"
+    """The worker's log lines: ``text``, or ``json`` (one object per line, for log shippers;
+    see ``streams.logs``). Env: ``ORCHESTRATOR_LOG_FORMAT``; ``--log-format``."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """``max_concurrent_tasks`` and the ``<platform>_rate_limits`` keys, as given."""
 
@@ -255,6 +258,10 @@ def _build(values: dict[str, Any]) -> Settings:
         raise ConfigurationError(
             f"max_rate_limited must be an integer from 1 to {MAX_RATE_LIMITED},"
             f" got {converted['max_rate_limited']}"
+        )
+    if converted.get("log_format", "text") not in ("text", "json"):
+        raise ConfigurationError(
+            f"log_format must be text or json, got {converted['log_format']!r}"
         )
     if "bootstrap_servers" in converted:
         _check_servers(converted["bootstrap_servers"])

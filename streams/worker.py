@@ -6,12 +6,14 @@ import asyncio
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import faust
 
+from streams import logs
 from streams.app import create_runtime
 from streams.config import Settings
-from streams.handlers import load_handler_modules
+from streams.handlers import load_handler_modules, registered_task_types
 from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -25,7 +27,10 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
 
     Exactly-once processing holds only under ``faust.Worker`` (``app.start()`` alone runs
     at-least-once), which is why this is the one way the project starts an app.
+
+    Logs go out in ``settings.log_format`` (``streams.logs``) from the first line on.
     """
+    logs.configure(settings.log_format)
     loop = asyncio.new_event_loop()
     try:
         loop.run_until_complete(
@@ -39,18 +44,64 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         )
     finally:
         loop.close()
-    load_handler_modules(m.strip() for m in settings.handlers.split(",") if m.strip())
+    modules = [m.strip() for m in settings.handlers.split(",") if m.strip()]
+    load_handler_modules(modules)
     asyncio.set_event_loop(asyncio.new_event_loop())
     runtime = create_runtime(settings)
     marker = Path(settings.data_dir) / CLEAN_STOP_MARKER
     drop_state_after_unclean_stop(Path(runtime.app.conf.tabledir), marker)
-    worker = faust.Worker(runtime.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker = Worker(runtime.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.settings = settings
+    worker.start_line = start_line(settings, modules)
     try:
         worker.execute_from_commandline()
     except SystemExit as exit_:
         if exit_.code in (0, None):
             marker.touch()
         raise
+
+
+class Worker(faust.Worker):
+    """faust's worker, with the project's log format and start-up line (named ``Worker``:
+    faust labels its lines with the class name, and ``[^Worker]: Ready`` says a worker is up)."""
+
+    settings: Settings = Settings()
+    start_line: tuple[str, dict[str, Any]] = ("worker starting", {})
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        # faust has just replaced the root logger's handlers with its own
+        super().on_setup_root_logger(logger, level)
+        logs.configure(self.settings.log_format, logger)
+
+    async def on_execute(self) -> None:
+        await super().on_execute()
+        message, fields = self.start_line
+        log.info(message, fields)
+
+
+def start_line(settings: Settings, handler_modules: list[str]) -> tuple[str, dict[str, Any]]:
+    """The worker's first line: what it serves (its Kafka, application id, topics, handlers)
+    and where (its HTTP API); as a format and its arguments, for ``log.info``."""
+    http = f"http://{settings.web_host}:{settings.web_port}"
+    fields = {
+        "brokers": settings.bootstrap_servers,
+        "app_id": settings.app_id,
+        "prefix": settings.topic_prefix,
+        "events": settings.topics.events,
+        "partitions": settings.partitions,
+        "replicas": settings.replication_factor,
+        "http": http,
+        "modules": ",".join(handler_modules) or "none",
+        "types": ",".join(sorted(registered_task_types())) or "none",
+        "data_dir": settings.data_dir,
+    }
+    message = (
+        "worker starting: brokers=%(brokers)s app_id=%(app_id)s topic_prefix='%(prefix)s' "
+        "(%(events)s, ...) partitions=%(partitions)d replication_factor=%(replicas)d; "
+        "HTTP %(http)s (GET /ready, /health, /metrics); handler modules=%(modules)s "
+        "(task types: %(types)s); data_dir=%(data_dir)s"
+    )
+    return message, fields
 
 
 def drop_state_after_unclean_stop(table_dir: Path, marker: Path) -> None:

@@ -112,6 +112,11 @@ class Executor:
                 dispatch.task_id,
                 dispatch.platform,
                 dispatch.attempt,
+                extra={
+                    "task_id": dispatch.task_id,
+                    "platform": dispatch.platform,
+                    "attempt": dispatch.attempt,
+                },
             )
             self._in_background(self._write_interrupted(dispatch))
             return
@@ -145,6 +150,11 @@ class Executor:
                 dispatch.task_id,
                 dispatch.platform,
                 dispatch.attempt,
+                extra={
+                    "task_id": dispatch.task_id,
+                    "platform": dispatch.platform,
+                    "attempt": dispatch.attempt,
+                },
             )
 
     async def _run(self, handler: Handler, run: _Run) -> None:
@@ -256,7 +266,15 @@ class Executor:
         try:
             await asyncio.wait_for(self._write(dispatch, "interrupted", payload), LAST_WRITES_S)
         except Exception:  # the attempt now waits for its timeout, as after a crash
-            log.exception("could not record the interruption of task=%s", dispatch.task_id)
+            log.exception(
+                "could not record the interruption of task=%s",
+                dispatch.task_id,
+                extra={
+                    "task_id": dispatch.task_id,
+                    "platform": dispatch.platform,
+                    "attempt": dispatch.attempt,
+                },
+            )
 
     # -- writing
 
@@ -286,6 +304,12 @@ def _log_outcome(level: int, what: str, dispatch: Dispatch, error: str) -> None:
         dispatch.platform,
         dispatch.attempt,
         error,
+        extra={
+            "task_id": dispatch.task_id,
+            "platform": dispatch.platform,
+            "attempt": dispatch.attempt,
+            "reason": error,
+        },
     )
 
 
@@ -333,7 +357,16 @@ def register(runtime: Runtime) -> Executor:
             try:
                 dispatch = decode_dispatch(event.value)
             except SchemaError as exc:
-                log.warning("executor skipped an undecodable go-ahead: %s", exc)
+                log.warning(
+                    "executor skipped an undecodable go-ahead: %s",
+                    exc,
+                    extra={
+                        "topic": event.message.topic,
+                        "partition": event.message.partition,
+                        "offset": event.message.offset,
+                        "reason": str(exc),
+                    },
+                )
                 continue
             partition = event.message.partition
             if handler_for(dispatch.task_type) is not None and not any(
@@ -347,6 +380,13 @@ def register(runtime: Runtime) -> Executor:
                     event.message.topic,
                     partition,
                     events,
+                    extra={
+                        "task_id": dispatch.task_id,
+                        "platform": dispatch.platform,
+                        "attempt": dispatch.attempt,
+                        "topic": event.message.topic,
+                        "partition": partition,
+                    },
                 )
             executor.start(dispatch)
 

@@ -48,6 +48,7 @@ from streams.app import Runtime
 from streams.domain import Effect, Rejected, apply, state_from_json, state_to_json
 from streams.domain.bounds import LARGE_RECORD_MAX_BYTES, PRODUCER_MAX_REQUEST_BYTES
 from streams.domain.timers import next_deadline
+from streams.logs import log_retries, shown
 from streams.outputs import effect_record
 from streams.task_store import PartitionStore
 from streams.topics import tasks_changelog
@@ -651,6 +652,7 @@ class FoldService(Service):
                 part = _Partition(number, producers[number], stores[number], start)
                 self._partitions[tp.partition] = part
                 tasks.open[tp.partition] = part.store
+                self.runtime.verdicts.opened(tp.partition, start)
                 await self.runtime.processed.advance(tp.partition, start - 1)
         except BaseException:
             for partition, producer in producers.items():
@@ -858,6 +860,8 @@ class _Folding:
             if new_state.status.is_terminal and not (state and state.status.is_terminal):
                 ended = self._part.ended = self._part.ended or []
                 ended.append((task_event.task_id, f"{new_state.status}: {new_state.last_error}"))
+            if new_state.status == "retrying":  # one line per retry scheduled (they are rare)
+                log_retries(log, state, new_state, outcome.effects)
         await self._write(outputs)
 
     def _output(self, effect: Effect) -> _Output:
@@ -870,13 +874,23 @@ class _Folding:
         self._runtime.metrics.dlq.labels(reason).inc()
         record = self._record
         detail = _cut(detail)  # the copy must fit the DLQ whatever the record held
+        task_id = shown(record.key)  # the key, whatever it holds: cut, escaped
         log.warning(
-            "dead-lettered %s[%d]@%d: %s: %s",
+            "dead-lettered %s[%d]@%d task=%s: %s: %s",
             record.topic,
             record.partition,
             record.offset,
+            task_id,
             reason,
             detail,
+            extra={
+                "task_id": task_id,
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "reason": reason,
+                "detail": detail,
+            },
         )
         headers = [("reason", reason.encode()), ("detail", detail.encode())]
         return (self._topics.dlq, record.key, record.value or b"", headers)
@@ -884,6 +898,14 @@ class _Folding:
     async def _write(self, outputs: list[_Output]) -> None:
         # the commit waits for each delivery: a refused record fails the transaction
         for topic, key, value, headers in outputs:
+            if topic == self._topics.dlq:  # the record's verdict, for a client that asks
+                found = dict(headers)
+                self._runtime.verdicts.refused(
+                    self._record.partition,
+                    self._record.offset,
+                    found.get("reason", b"").decode(),
+                    found.get("detail", b"").decode(errors="replace"),
+                )
             delivery = await self._part.producer.send(
                 topic, value, key=key, headers=[*headers, *self._provenance]
             )
