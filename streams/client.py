@@ -72,6 +72,7 @@ from streams.errors import (
     ResultExpiredError,
     ResultNotReadyError,
     TaskNotFoundError,
+    UnconfirmedWriteError,
     ValidationError,
 )
 
@@ -445,7 +446,15 @@ class TaskManager:
         partition: a rebalance in between) confirms nothing and raises nothing.
         """
         path = f"/tasks/{urllib.parse.quote(task_id, safe='')}/verdict"
-        answer = await self._get(call, path, task_id)
+        try:
+            answer = await self._get(call, path, task_id)
+        except RequestTimeoutError:
+            raise
+        except InfrastructureError as exc:
+            raise UnconfirmedWriteError(
+                f"{call}: the event was written ({self.settings.topics.events} partition "
+                f"{partition}, offset {offset}) but its verdict could not be read: {exc}"
+            ) from exc
         if answer.get("verdict") == "refused":
             reason, detail = str(answer.get("reason", "")), str(answer.get("detail", ""))
             raise REJECTION_ERRORS.get(reason, EventRejectedError)(call, reason, detail)

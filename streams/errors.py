@@ -87,6 +87,17 @@ class EventRejectedError(OrchestratorError):
         self.detail = detail
 
 
+class UnconfirmedWriteError(InfrastructureError):
+    """The event was written (Kafka acknowledged it) but the fold's verdict could not be read.
+
+    The worker that owns the task did not answer in time (starting, restoring, a full disk).
+    The event stands in the log and will be folded; repeating the call writes it again.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retriable=True)
+
+
 class IllegalTransitionError(EventRejectedError):
     """The event is not allowed in the task's status (``start_task`` on a failed task, ...)."""
 

@@ -184,7 +184,9 @@ async def test_a_worker_whose_disk_fills_up_stops_says_why_and_resumes_by_itself
             log_start = worker.log_file.stat().st_size
             disk.fill()
             during = [
-                await tm.create_task("noop", name, f"during-{i}") for i in range(TASKS_DURING)
+                # no worker can confirm a write while its disk refuses writes: not asked
+                await tm.create_task("noop", name, f"during-{i}", confirm=False)
+                for i in range(TASKS_DURING)
             ]
             for _ in range(SIGNALS):
                 await scheduler.resume_platform(name)
