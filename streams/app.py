@@ -157,7 +157,7 @@ def create_app(settings: Settings) -> faust.App:
     """The Faust app of a worker: RocksDB tables, exactly-once, web server on ``web_host``."""
     web_url = f"http://{settings.web_host}:{settings.web_port}"
     app = faust.App(
-        settings.app_id,
+        settings.orchestrator_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
         store="rocksdb://",
         processing_guarantee="exactly_once",

@@ -120,6 +120,17 @@ class Settings:
         return TopicNames(self.topic_prefix)
 
     @property
+    def orchestrator_id(self) -> str:
+        """What names this orchestrator's consumer groups, transactional ids and changelogs.
+
+        ``app_id`` behind the topic prefix, if there is one: two orchestrators on one cluster
+        that differ only by ``topic_prefix`` then share no group, no transactional id and no
+        changelog (with the same ``app_id`` alone, the second fenced the first's producers and
+        loaded its tasks). Without a prefix it is ``app_id``, as before.
+        """
+        return f"{self.topic_prefix}{self.app_id}" if self.topic_prefix else self.app_id
+
+    @property
     def max_attempts(self) -> int:
         """Attempts in all: the first run plus ``max_retries``."""
         return self.max_retries + 1

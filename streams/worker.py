@@ -39,7 +39,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
                 settings.partitions,
                 settings.topics,
                 settings.replication_factor,
-                app_id=settings.app_id,
+                app_id=settings.orchestrator_id,
             )
         )
     finally:

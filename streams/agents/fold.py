@@ -207,8 +207,8 @@ class FoldService(Service):
         super().__init__(**kwargs)
         self.runtime = runtime
         settings = runtime.settings
-        self.group = fold_group(settings.app_id)
-        self.changelog = tasks_changelog(settings.app_id)
+        self.group = fold_group(settings.orchestrator_id)
+        self.changelog = tasks_changelog(settings.orchestrator_id)
         self.lock = asyncio.Lock()
         self._partitions: dict[int, _Partition] = {}
         self._wanted: frozenset[int] = frozenset()
@@ -622,7 +622,7 @@ class FoldService(Service):
             for partition in sorted(wanted):
                 producers[partition] = AIOKafkaProducer(
                     bootstrap_servers=settings.bootstrap_servers,
-                    transactional_id=f"{settings.app_id}-fold-{partition}",
+                    transactional_id=f"{settings.orchestrator_id}-fold-{partition}",
                     linger_ms=50,
                     # above every topic's limit: the broker refuses an oversize record, and
                     # the fold blames the record (see record_fault)

@@ -53,6 +53,8 @@ class Cluster:
         self.app_id = app_id
         self.topic_prefix = topic_prefix
         self.topics = TopicNames(topic_prefix)
+        self.orchestrator_id = f"{topic_prefix}{app_id}" if topic_prefix else app_id
+        """What names the workers' groups, transactional ids and changelogs."""
         self.workers: list[WorkerProcess] = []
 
     def start(

@@ -259,7 +259,7 @@ async def _print_histories(bootstrap_servers: str, cluster: Cluster, task_ids: l
                 f"  history {record.key!r} {_provenance(record)}: {what} "
                 f"{headers.get('reason', '')} {headers.get('detail', '')}"
             )
-    changelog = f"{cluster.app_id}-tasks-changelog"
+    changelog = f"{cluster.orchestrator_id}-tasks-changelog"
     for committed in (True, False):
         records = await read_to_end(
             bootstrap_servers,

@@ -161,11 +161,11 @@ def _client_config(cluster: Cluster, worker: WorkerProcess) -> dict[str, object]
 
 
 def _fold_group(cluster: Cluster) -> str:
-    return f"{cluster.app_id}-fold"
+    return f"{cluster.orchestrator_id}-fold"
 
 
 def _changelog(cluster: Cluster) -> str:
-    return f"{cluster.app_id}-tasks-changelog"
+    return f"{cluster.orchestrator_id}-tasks-changelog"
 
 
 async def _folded_past(cluster: Cluster, partition: int, offset: int) -> bool:

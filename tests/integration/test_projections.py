@@ -161,7 +161,7 @@ async def test_verify_finds_no_difference_after_a_workload_then_exactly_a_tamper
     assert logged.log.counts[Verdict.REJECTED] == 2, "the workload's two dead letters"
     forged = replace(logged.log.states[victim], status=Status.FAILED, last_error="forged")
     first.stop()
-    changelog = f"{cluster.app_id}-tasks-changelog"
+    changelog = f"{cluster.orchestrator_id}-tasks-changelog"
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all")
     await producer.start()
     try:
