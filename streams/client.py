@@ -23,7 +23,7 @@ import json
 import time
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
@@ -121,11 +121,7 @@ class TaskManager:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        try:
-            await self.close()
-        except InfrastructureError:
-            if exc is None:
-                raise  # else the error that ended the block is the one to report
+        await _close_after(self.close, exc)
 
     async def start(self) -> None:
         """Connect to Kafka, within ``request_timeout``. Called by ``async with``.
@@ -641,6 +637,16 @@ def _id_list(values: object) -> list[Any]:
     return list(values)
 
 
+async def _close_after(close: Callable[[], Awaitable[None]], exc: BaseException | None) -> None:
+    """Close at the end of an ``async with``; a failure to close is raised only if nothing else
+    ended the block (else the error that ended it is the one to report)."""
+    try:
+        await close()
+    except InfrastructureError:
+        if exc is None:
+            raise
+
+
 def _reason_text(reason: object) -> str:
     """The error text of a failure: an exception as ``Type: message``, empty as said so."""
     if isinstance(reason, BaseException):
@@ -711,11 +717,7 @@ class SmartScheduler:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        try:
-            await self.close()
-        except InfrastructureError:
-            if exc is None:
-                raise
+        await _close_after(self.close, exc)
 
     async def close(self) -> None:
         """Disconnect (within ``request_timeout``, see :meth:`TaskManager.close`)."""

@@ -140,7 +140,7 @@ class HealthCheck:
     async def _fold_lanes(self) -> list[Lane]:
         fold = self.runtime.fold
         positions = fold.positions()
-        lags = await fold_lags(fold)
+        lags = await fold.lags()
         assigned = set(positions)
         events = self.runtime.settings.topics.events
         assigned |= {tp.partition for tp in _assignment(self.runtime) if tp.topic == events}
@@ -173,12 +173,6 @@ class HealthCheck:
                 waiting += highwater - position
             lanes.append(Lane(SCHEDULER, f"{tp.topic}[{tp.partition}]", done, waiting))
         return lanes
-
-
-async def fold_lags(fold: Any) -> dict[int, int]:
-    """Per open partition of ``task.events``, the records the fold has not folded yet."""
-    lags: dict[int, int] = await fold.lags()
-    return lags
 
 
 async def _position(consumer: Any, tp: Any) -> int | None:

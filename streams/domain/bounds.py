@@ -98,23 +98,23 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 def id_problem(name: str, value: object) -> str | None:
     """Why ``value`` is not a valid task id (None if it is)."""
-    if not isinstance(value, str) or not value:
-        return f"{name} must be a non-empty string"
-    if len(value) > MAX_ID_CHARS:
-        return f"{name} has {len(value)} characters, more than the limit of {MAX_ID_CHARS}"
-    if not _ID.fullmatch(value):
-        return f"{name} {_shown(value)} may only use {ID_ALPHABET}"
-    return None
+    return _token_problem(name, value, MAX_ID_CHARS, _ID, ID_ALPHABET)
 
 
 def name_problem(name: str, value: object) -> str | None:
     """Why ``value`` is not a valid task type or platform (None if it is)."""
+    return _token_problem(name, value, MAX_NAME_CHARS, _NAME, NAME_ALPHABET)
+
+
+def _token_problem(
+    name: str, value: object, max_chars: int, pattern: re.Pattern[str], alphabet: str
+) -> str | None:
     if not isinstance(value, str) or not value:
         return f"{name} must be a non-empty string"
-    if len(value) > MAX_NAME_CHARS:
-        return f"{name} has {len(value)} characters, more than the limit of {MAX_NAME_CHARS}"
-    if not _NAME.fullmatch(value):
-        return f"{name} {_shown(value)} may only use {NAME_ALPHABET}"
+    if len(value) > max_chars:
+        return f"{name} has {len(value)} characters, more than the limit of {max_chars}"
+    if not pattern.fullmatch(value):
+        return f"{name} {_shown(value)} may only use {alphabet}"
     return None
 
 

@@ -181,18 +181,14 @@ def _check_bounds(event: Event) -> None:
 
 
 def _check_created(p: TaskCreated) -> None:
+    # over a size bound: too_large; otherwise malformed: invalid_payload (ids: invalid_id)
     for name, value in (("task_type", p.task_type), ("platform", p.platform)):
-        problem = bounds.name_problem(name, value)
-        if problem is not None and len(value) > bounds.MAX_NAME_CHARS:
-            _refuse(problem)
-        _refuse(problem, RejectionCode.INVALID_PAYLOAD)
-    problem = bounds.target_problem(p.target)
-    if problem is not None and "limit" in problem:
-        _refuse(problem)
-    _refuse(problem, RejectionCode.INVALID_PAYLOAD)
-    if len(p.dependencies) > bounds.MAX_DEPENDENCIES:
-        _refuse(bounds.dependencies_problem(p.dependencies))
-    _refuse_id(bounds.dependencies_problem(p.dependencies))
+        _refuse(bounds.name_problem(name, value), _code(len(value) > bounds.MAX_NAME_CHARS))
+    target_bytes = len(p.target.encode("utf-8", "surrogatepass"))
+    _refuse(bounds.target_problem(p.target), _code(target_bytes > bounds.MAX_TARGET_BYTES))
+    too_many = len(p.dependencies) > bounds.MAX_DEPENDENCIES
+    problem = bounds.dependencies_problem(p.dependencies)
+    _refuse(problem, RejectionCode.TOO_LARGE if too_many else RejectionCode.INVALID_ID)
     if p.priority > bounds.MAX_PRIORITY:
         _refuse(f"priority {p.priority} above {bounds.MAX_PRIORITY}", RejectionCode.INVALID_PAYLOAD)
     if p.max_attempts > bounds.MAX_ATTEMPTS:
@@ -201,6 +197,10 @@ def _check_created(p: TaskCreated) -> None:
         _refuse(f"max_rate_limited {p.max_rate_limited} above the limit of {MAX_RATE_LIMITED}")
     for name in ("timeout_ms", "retry_delay_ms", "result_ttl_ms", "dependency_wait_ms"):
         _refuse_span(name, getattr(p, name))
+
+
+def _code(oversize: bool) -> RejectionCode:
+    return RejectionCode.TOO_LARGE if oversize else RejectionCode.INVALID_PAYLOAD
 
 
 def _refuse(problem: str | None, code: RejectionCode = RejectionCode.TOO_LARGE) -> None:
