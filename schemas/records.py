@@ -225,14 +225,16 @@ _SIGNALS_BY_NAME: dict[str, type[SignalPayload]] = {
 def encode_dispatch(dispatch: Dispatch) -> bytes:
     """``dispatch`` as a ``task.dispatch`` message value."""
     record = dataclasses.asdict(dispatch)
-    record["dispatched_at"] = record.pop("dispatched_at_ms")
+    for name in ("dispatched_at", "not_before", "not_after"):
+        record[name] = record.pop(f"{name}_ms")
     return dispatch_codec().encode(record)
 
 
 def decode_dispatch(data: bytes) -> Dispatch:
     """The go-ahead in a ``task.dispatch`` message value."""
     record = dispatch_codec().decode(data)
-    record["dispatched_at_ms"] = _millis(record.pop("dispatched_at"))
+    for name in ("dispatched_at", "not_before", "not_after"):
+        record[f"{name}_ms"] = _millis(record.pop(name))
     return Dispatch(**record)
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import faust
 from faust.types import TopicT
 
-from streams import transactions
+from streams import placement
 from streams.config import Settings
 from streams.metrics import Metrics
 from streams.producers import SharedProducer
@@ -160,7 +160,9 @@ def create_app(settings: Settings) -> faust.App:
         settings.orchestrator_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
         store="rocksdb://",
-        processing_guarantee="exactly_once",
+        # the fold and the scheduler commit their own transactions; faust only keeps the
+        # group, routes reads and serves HTTP
+        processing_guarantee="at_least_once",
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         topic_allow_declare=True,
@@ -177,14 +179,18 @@ def create_app(settings: Settings) -> faust.App:
         broker_session_timeout=settings.session_timeout,
         broker_heartbeat_interval=max(settings.session_timeout / 10, 0.5),
         consumer_auto_offset_reset="earliest",
-        table_standby_replicas=0,
+        # faust uses its own assignor (co-partitioned placement, and the owner of each
+        # partition for its topic router) only for apps with changelog tables or standby
+        # replicas, else Kafka's round robin; the worker has no faust table, and no standby
+        # is ever created without one, so this only keeps faust's assignor
+        table_standby_replicas=1,
         producer_max_request_size=2_000_000,
         # producers batch for up to 50 ms: far fewer produce requests per transaction, which
         # cost the broker more CPU than the records themselves (bench: about a fifth less CPU
         # per event, worker and broker); outputs only become visible at commits anyway
         producer_linger=0.05,
     )
-    transactions.install(app)
+    placement.install(app)
     return app
 
 
@@ -202,8 +208,13 @@ def create_runtime(settings: Settings) -> Runtime:
     )
     fold.register(runtime)
     timers.register(runtime)
-    runtime.scheduler = scheduler.register(runtime)
-    executor.register(runtime)
+    runner = executor.Executor(runtime)
+    # the fold tells it, after a commit, which tasks ended: a handler still running here stops
+    runtime.on_task_ended = runner.on_task_ended
+    runtime.scheduler = scheduler.register(runtime, runner)
+    # registered last, stopped first: no more dispatches, then the running handlers' grace
+    drain = executor.Drain(runner, runtime.scheduler.stop_dispatching, settings.shutdown_grace)
+    app.service(drain)  # type: ignore[arg-type]
     views.register(runtime)
     return runtime
 

@@ -91,6 +91,17 @@ class Settings:
     """Seconds a stopping worker (SIGTERM) gives its running handlers to finish; the rest are
     cancelled and recorded as interrupted (retried at once elsewhere). Env:
     ``ORCHESTRATOR_SHUTDOWN_GRACE``."""
+    start_lead: float = 0.15
+    """Seconds between a scheduler's decision and the earliest start of the handler it
+    dispatched (``not_before``): time for the decision's transaction to commit, within which
+    the worker that decided starts the handler. It costs latency, not throughput. Env:
+    ``ORCHESTRATOR_START_LEAD``."""
+    start_slot: float = 0.05
+    """Seconds after ``not_before`` within which a dispatched handler must start, or its
+    go-ahead is given back (retried at once, without spending the attempt). The rate-limit
+    windows are checked as if each period were longer by this much, so no interval of a
+    window's period ever holds more handler starts than its limit: the cost is that share of
+    the allowed rate (docs/rate-limits.md). Env: ``ORCHESTRATOR_START_SLOT``."""
     log_format: str = "text"
     """The worker's log lines: ``text``, or ``json`` (one object per line, for log shippers;
     see ``streams.logs``). Env: ``ORCHESTRATOR_LOG_FORMAT``; ``--log-format``."""
@@ -157,7 +168,14 @@ _POSITIVE = {
     "ageing",
     "health_stall_s",
 }
-_NON_NEGATIVE = {"max_retries", "retry_delay", "result_ttl", "shutdown_grace"}
+_NON_NEGATIVE = {
+    "max_retries",
+    "retry_delay",
+    "result_ttl",
+    "shutdown_grace",
+    "start_lead",
+    "start_slot",
+}
 _PORTS = {"web_port"}
 _POLICY_SECONDS = {"default_timeout", "retry_delay", "result_ttl", "dependency_wait"}
 """Durations that travel in ``TaskCreated`` as milliseconds: 0 or at least 1 ms, at most

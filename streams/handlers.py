@@ -59,6 +59,8 @@ class TaskContext:
     target: str
     attempt: int
     report_progress: Callable[[float], Awaitable[None]]
+    dispatch_id: str = ""
+    """The go-ahead this call runs under (unique per dispatch; a retry gets another)."""
 
     async def progress(self, fraction: float) -> None:
         """Report progress of this attempt, a fraction in [0, 1] that never decreases."""

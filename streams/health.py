@@ -15,7 +15,6 @@ the samples from a running worker, every few seconds and at each ``GET /health``
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Iterable
@@ -124,9 +123,9 @@ class HealthCheck:
         failures = []
         if self.runtime.tasks.failure is not None:
             failures.append(f"store write failed (tasks table): {self.runtime.tasks.failure}")
-        scheduler_failure = getattr(self.runtime.scheduler, "failure", None)
+        scheduler_failure = self.runtime.scheduler.failure if self.runtime.scheduler else None
         if scheduler_failure is not None:
-            failures.append(f"store write failed (scheduler tables): {scheduler_failure}")
+            failures.append(f"store write failed (scheduler store): {scheduler_failure}")
         self.lanes = lanes
         reasons = self.health.observe(time.monotonic(), lanes, failures)
         self.runtime.metrics.healthy.set(0 if reasons else 1)
@@ -153,35 +152,15 @@ class HealthCheck:
         scheduler = self.runtime.scheduler
         if scheduler is None:
             return []
+        lags = await scheduler.lags()
         topics = self.runtime.settings.topics
-        consumer = self.runtime.app.consumer
-        tps = sorted(
-            tp for tp in _assignment(self.runtime) if tp.topic in (topics.ready, topics.signals)
-        )
-        positions = await asyncio.gather(*(_position(consumer, tp) for tp in tps))
-        lanes = []
-        for tp, position in zip(tps, positions, strict=True):
-            done = scheduler.done.get(tp, -1)
-            # the record taken and not finished, plus what the consumer has not fetched yet
-            # (its position, unlike the offset of the last record, is past transaction markers)
-            waiting = 1 if scheduler.taken.get(tp, -1) > done else 0
-            try:
-                highwater: int | None = consumer.highwater(tp)
-            except Exception:  # rebalancing: not known now
-                highwater = None
-            if highwater is not None and position is not None and highwater > position:
-                waiting += highwater - position
-            lanes.append(Lane(SCHEDULER, f"{tp.topic}[{tp.partition}]", done, waiting))
+        lanes = [Lane(SCHEDULER, name, done, waiting) for name, (done, waiting) in lags.items()]
+        # assigned here but not open (yet): no position, records waiting unknown
+        for tp in sorted(_assignment(self.runtime)):
+            name = f"{tp.topic}[{tp.partition}]"
+            if tp.topic in (topics.ready, topics.signals) and name not in lags:
+                lanes.append(Lane(SCHEDULER, name, None, None))
         return lanes
-
-
-async def _position(consumer: Any, tp: Any) -> int | None:
-    """A consumer's position on ``tp`` (None: not known now, as while it is reassigned)."""
-    try:
-        position: int | None = await asyncio.wait_for(consumer.position(tp), 1.0)
-    except Exception:
-        return None
-    return position
 
 
 def _assignment(runtime: Runtime) -> set[Any]:

@@ -97,6 +97,12 @@ class Metrics:
             ["platform", "reason"],
             registry=r,
         )
+        self.slots_missed = Counter(
+            "orchestrator_start_slots_missed_total",
+            "Go-aheads given back because they reached the handler past their start slot.",
+            ["platform"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "orchestrator_tasks_in_flight",
             "Dispatched tasks not yet ended.",

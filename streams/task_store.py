@@ -77,6 +77,10 @@ class PartitionStore:
         """Store a new state; it reaches the database when the transaction commits."""
         self.uncommitted[key] = value
 
+    def delete(self, key: bytes) -> None:
+        """Delete a key; the deletion reaches the database when the transaction commits."""
+        self.uncommitted[key] = None
+
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every task of the partition, uncommitted writes included."""
         for key, value in self._db.items():

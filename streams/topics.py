@@ -1,8 +1,7 @@
 """The project's topics: names, configs, and their creation up front with the admin client.
 
-Faust creates only its own internal topics (the scheduler's table changelogs); everything else,
-the ``tasks`` changelog included, is created here
-with explicit partition counts (all equal, so that a task's events, its table entry and its
+Every topic, the changelogs of the ``tasks`` table and of the schedulers included, is created
+here with explicit partition counts (all equal, so that a task's events, its table entry and its
 changelog live in partitions with the same number) and configs.
 """
 
@@ -117,6 +116,11 @@ def tasks_changelog(app_id: str) -> str:
     return f"{app_id}-tasks-changelog"
 
 
+def scheduler_changelog(app_id: str) -> str:
+    """The changelog of the schedulers' state (queues, windows, in-flight sets) of ``app_id``."""
+    return f"{app_id}-scheduler-changelog"
+
+
 async def ensure_topics(
     bootstrap_servers: str,
     partitions: int,
@@ -126,8 +130,9 @@ async def ensure_topics(
 ) -> list[str]:
     """Create the project's topics that do not exist yet; return the names created.
 
-    With ``app_id``, also the ``tasks`` table's changelog (compacted: the latest state of each
-    task), which the fold writes and restores from itself.
+    With ``app_id``, also the changelogs of the ``tasks`` table and of the schedulers
+    (compacted: the latest value of each key), which the fold and the scheduler write and
+    restore from themselves.
 
     Existing topics are left as they are, but a partition count different from ``partitions``
     is an error: tables would no longer be co-partitioned with their source topic.
@@ -144,6 +149,7 @@ async def ensure_topics(
             "max.message.bytes": str(LARGE_RECORD_MAX_BYTES),
         }
         specs.append(TopicSpec(tasks_changelog(app_id), changelog_config))
+        specs.append(TopicSpec(scheduler_changelog(app_id), changelog_config))
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=15_000)
     try:
         await admin.start()

@@ -54,6 +54,16 @@ def register(runtime: Runtime) -> None:
     register_health_view(runtime)
     register_ready_view(runtime)
 
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def know_routed_topics(app: Any, assigned: Any, **kwargs: Any) -> None:
+        # faust's router finds a key's partition with its producer's metadata, and nothing
+        # sends with that producer (the fold and the scheduler have their own): fetch the
+        # metadata of the topics it routes by, or every routed read answers 503
+        producer = app.producer._ensure_producer()
+        topics = runtime.settings.topics
+        for topic in (topics.events, topics.ready):
+            await producer.partitions_for(topic)
+
     @app.page("/tasks/{task_id}")
     @app.topic_route(topic=runtime.events_topic, match_info="task_id")
     async def task_status(self: View, request: Request, task_id: str) -> Response:
@@ -159,8 +169,10 @@ def register_limits_view(runtime: Runtime) -> None:
     @app.page("/limits/{platform}")
     @app.topic_route(topic=ready_topic, match_info="platform")
     async def platform_limits(self: View, request: Request, platform: str) -> Response:
-        scheduler = runtime.scheduler.scheduler_for(platform)
-        return self.json(scheduler.status(int(time.time() * 1000)))
+        status = runtime.scheduler.platform_status(platform)
+        if status is None:
+            return _not_ready(self)
+        return self.json(status)
 
 
 def register_state_view(runtime: Runtime) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
-from pathlib import Path
 from typing import Any
 
 import faust
@@ -18,15 +16,12 @@ from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
-CLEAN_STOP_MARKER = "clean-stop"
-"""Written in the data dir when a worker stopped cleanly (its last commit went through)."""
-
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run a worker until SIGTERM or SIGINT. Blocks; exits the process when faust stops.
 
-    Exactly-once processing holds only under ``faust.Worker`` (``app.start()`` alone runs
-    at-least-once), which is why this is the one way the project starts an app.
+    ``faust.Worker`` runs the app's services (the fold, the scheduler, the executor's drain),
+    its consumer group and its web server, and stops them in order on SIGTERM.
 
     Logs go out in ``settings.log_format`` (``streams.logs``) from the first line on.
     """
@@ -48,17 +43,10 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     load_handler_modules(modules)
     asyncio.set_event_loop(asyncio.new_event_loop())
     runtime = create_runtime(settings)
-    marker = Path(settings.data_dir) / CLEAN_STOP_MARKER
-    drop_state_after_unclean_stop(Path(runtime.app.conf.tabledir), marker)
     worker = Worker(runtime.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.settings = settings
     worker.start_line = start_line(settings, modules)
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as exit_:
-        if exit_.code in (0, None):
-            marker.touch()
-        raise
+    worker.execute_from_commandline()
 
 
 class Worker(faust.Worker):
@@ -102,21 +90,3 @@ def start_line(settings: Settings, handler_modules: list[str]) -> tuple[str, dic
         "(task types: %(types)s); data_dir=%(data_dir)s"
     )
     return message, fields
-
-
-def drop_state_after_unclean_stop(table_dir: Path, marker: Path) -> None:
-    """Delete faust's local table state (the scheduler's) unless the last run stopped cleanly.
-
-    faust's RocksDB stores keep every write at once, committed or not; a worker killed between
-    two commits leaves writes whose transaction Kafka aborted, and replaying the changelog from
-    the last persisted offset would keep them. So after an unclean stop those tables are
-    restored from their changelogs alone, as Kafka Streams does under exactly-once. The
-    ``tasks`` table is not among them: it only ever holds committed state
-    (``streams.task_store``).
-    """
-    if table_dir.exists() and not marker.exists():
-        log.warning(
-            "the last run did not stop cleanly: dropping %s, restoring from changelogs", table_dir
-        )
-        shutil.rmtree(table_dir)
-    marker.unlink(missing_ok=True)

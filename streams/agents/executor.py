@@ -1,35 +1,38 @@
-"""The executor agent: runs the registered handler of each dispatched task.
+"""The executor: runs the registered handler of each task this worker dispatched.
 
-For every go-ahead on ``task.dispatch`` whose task type has a handler here, it starts the
-handler as its own asyncio task (the stream does not wait for it) and writes what happens as
-events: ``TaskStarted``, ``TaskProgress``, then ``TaskCompleted`` with the return value or
-``TaskFailed`` with the exception. The ids of these events derive from the task, the attempt
-and the step, so a go-ahead read twice (after a crash) yields events the fold applies once.
+The scheduler (``streams.agents.scheduler``) hands it each go-ahead once the transaction that
+dispatched it has committed; a go-ahead is never read back from ``task.dispatch``, so a
+dispatch calls its handler at most once, in the worker that decided it. Each run writes
+``TaskStarted``, waits until the go-ahead's ``not_before``, and calls the handler only if it
+is not past ``not_after``, checked with no ``await`` between the check and the handler's first
+step (docs/rate-limits.md); a go-ahead past its slot is given back with a ``TaskFailed``
+marked ``interrupted`` (retried at once, the attempt not spent), its dispatch still counted in
+the windows. Then ``TaskProgress``, and ``TaskCompleted`` with the return value or
+``TaskFailed`` with the exception. The ids of these events derive from the dispatch and the
+step, so an event written twice is applied once.
 
 The events go out with the worker's plain producer: a handler runs long after the go-ahead was
 committed, outside any transaction. Each write waits for the broker's acknowledgement, so an
 outcome the handler reported is durable before the handler's task ends. A handler still running
 at the attempt's timeout is cancelled; the timer of the worker owning the task writes the
-``TaskTimedOut``. Every failure, "rate limited" answer, timeout, interruption and cancellation
-is logged as one line with the task id, platform, attempt and error (logger
-``streams.agents.executor``: WARNING for failures, timeouts and interruptions, INFO for "rate
-limited" answers and cancellations).
+``TaskTimedOut``. Every failure, "rate limited" answer, timeout, missed slot, interruption and
+cancellation is logged as one line with the task id, platform, attempt and error (logger
+``streams.agents.executor``: WARNING for failures, timeouts, missed slots and interruptions,
+INFO for "rate limited" answers and cancellations).
 
-Stopping (SIGTERM): a service added to the app (:class:`_Drain`) is stopped before the fold,
-the faust consumer and the web server (faust stops an app's services in the reverse order of
-their start, and stops its consumer's fetching before any of them). It takes no new go-aheads,
-gives running handlers ``shutdown_grace`` seconds to finish and record their outcome, then
-cancels the rest and writes for each a ``TaskFailed`` marked ``interrupted``, acknowledged
-before the worker goes on stopping: the fold retries such an attempt at once, without spending
-it and without counting it as a "rate limited" answer.
+Stopping (SIGTERM): a service added to the app (:class:`Drain`) is stopped before the
+scheduler, the fold, the faust consumer and the web server (faust stops an app's services in
+the reverse order of their start). It stops the scheduler's dispatching, gives running
+handlers ``shutdown_grace`` seconds to finish and record their outcome, then cancels the rest
+and writes for each a ``TaskFailed`` marked ``interrupted``, acknowledged before the worker
+goes on stopping: the fold retries such an attempt at once, without spending it and without
+counting it as a "rate limited" answer.
 
-Cancellation: :meth:`Executor.cancel` cancels the handler of a task that ended elsewhere (a
-user cancelled it, say) and writes nothing for it. The fold calls it, through
-``runtime.on_task_ended``, when it folds a terminal transition: faust's assignor gives a worker
-the same partitions of every co-partitioned topic it subscribes to (same partition count, same
-subscribers), so the worker folding partition p of ``task.events`` also reads partition p of
-``task.dispatch`` (both keyed by task id) and runs the handlers of the tasks it folds. A
-go-ahead read on a partition whose ``task.events`` partition is not assigned here is logged.
+Cancellation: :meth:`Executor.stop` cancels the handler of a task that ended elsewhere (a user
+cancelled it, say), waits until it has stopped, and writes nothing for it. The scheduler calls
+it when a task's slot is released (before the slot is freed), and the fold, through
+``runtime.on_task_ended``, when it folds a terminal transition of a task whose handler runs
+here.
 """
 
 from __future__ import annotations
@@ -38,15 +41,13 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from faust.types import StreamT
 from mode import Service
 
 from schemas import encode_event
-from schemas.records import decode_dispatch
 from streams.app import Runtime
 from streams.domain import (
     MAX_RESULT_BYTES,
@@ -60,13 +61,15 @@ from streams.domain import (
     derived_event_id,
 )
 from streams.domain.signals import Dispatch
-from streams.errors import SchemaError
 from streams.handlers import Handler, RateLimitedError, TaskContext, handler_for
 
 log = logging.getLogger(__name__)
 
 INTERRUPTED_ERROR = "interrupted: worker stopping"
 """The error of the ``TaskFailed`` written for a handler cut short by a stopping worker."""
+
+SLOT_MISSED_ERROR = "start slot missed"
+"""The error of the ``TaskFailed`` that gives back a go-ahead that came past its start slot."""
 
 LAST_WRITES_S = 10.0
 """While stopping: how long an outcome being written, a handler reacting to its cancellation,
@@ -83,6 +86,8 @@ class _Run:
     """The handler has ended: its outcome is being written (cancelling it now loses nothing)."""
     cancelled_because: str | None = None
     """Set by :meth:`Executor.cancel`: the task ended elsewhere, nothing is written."""
+    started: asyncio.Future[None] | None = None
+    """The write of its ``TaskStarted`` (every later write of the attempt waits for it)."""
 
 
 class Executor:
@@ -161,9 +166,14 @@ class Executor:
         dispatch = run.dispatch
         steps = 0
 
+        # TaskStarted goes out now, but the handler does not wait for its acknowledgement
+        # (its start slot is short); every later write of the attempt waits for it first
+        started = run.started = _delivery(self._write(dispatch, "started", TaskStarted()))
+
         async def report_progress(fraction: float) -> None:
             nonlocal steps
             steps += 1
+            await started
             await self._write(dispatch, f"progress-{steps}", TaskProgress(float(fraction)))
 
         context = TaskContext(
@@ -173,13 +183,20 @@ class Executor:
             dispatch.target,
             dispatch.attempt,
             report_progress,
+            dispatch.dispatch_id,
         )
-        await self._write(dispatch, "started", TaskStarted())
+        early_s = dispatch.not_before_ms / 1000 - time.time()
+        if early_s > 0:
+            await asyncio.sleep(early_s)
         timeout_s = dispatch.timeout_ms / 1000 if dispatch.timeout_ms > 0 else None
         outcome: Payload
         step = "failed"
         try:
             async with asyncio.timeout(timeout_s) as deadline:
+                # no await between this check and the handler's first step
+                late_ms = int(time.time() * 1000) - dispatch.not_after_ms
+                if dispatch.not_after_ms and late_ms > 0:
+                    raise _SlotMissed(late_ms)
                 result = await handler.function(context)
         except TimeoutError as exc:
             if deadline.expired():
@@ -187,6 +204,14 @@ class Executor:
                 _log_outcome(logging.WARNING, "handler timed out", dispatch, error)
                 return  # the owning worker's timer writes TaskTimedOut
             outcome = self._failure(handler, dispatch, exc)  # the handler's own TimeoutError
+        except _SlotMissed as missed:
+            error = f"{SLOT_MISSED_ERROR}: {missed.late_ms} ms after not_after, handler not called"
+            _log_outcome(logging.WARNING, "go-ahead given back", dispatch, error)
+            self._runtime.metrics.slots_missed.labels(dispatch.platform).inc()
+            run.reporting = True
+            await started
+            await self._write(dispatch, "slot-missed", TaskFailed(error, True, interrupted=True))
+            return
         except RateLimitedError as exc:
             throttled_ms = max(1, int(exc.retry_after_s * 1000))
             _log_outcome(logging.INFO, "handler rate limited", dispatch, str(exc))
@@ -200,6 +225,7 @@ class Executor:
             else:
                 step = "finished"
         run.reporting = True
+        await started
         await self._write(dispatch, step, outcome)
 
     @staticmethod
@@ -222,6 +248,27 @@ class Executor:
         run.cancelled_because = reason
         run.task.cancel()
         return True
+
+    async def warm_up(self) -> None:
+        """Start the producer of the handlers' events and learn ``task.events``' partitions
+        now, so the first go-ahead does not spend its start slot connecting."""
+        producer = await self._runtime.producer.get()
+        await producer.partitions_for(self._runtime.settings.topics.events)
+
+    async def stop(self, task_id: str, reason: str, timeout_s: float) -> None:
+        """Cancel ``task_id``'s handler if it runs here, and wait (at most ``timeout_s``) until
+        it has stopped, so its slot is freed only then. Writes nothing for it."""
+        run = self.running.get(task_id)
+        if run is None or not self.cancel(task_id, reason):
+            return
+        done, _ = await asyncio.wait({run.task}, timeout=timeout_s)
+        if not done:
+            log.warning(
+                "handler of task=%s did not stop within %g s of its cancellation",
+                task_id,
+                timeout_s,
+                extra={"task_id": task_id, "platform": run.dispatch.platform},
+            )
 
     def on_task_ended(self, task_id: str, reason: str = "") -> None:
         """The fold folded a terminal transition of ``task_id``: stop its handler if it runs."""
@@ -250,7 +297,7 @@ class Executor:
             await asyncio.wait({run.task for run in late}, timeout=LAST_WRITES_S)
         for run in late:
             if run.cancelled_because is None:
-                self._in_background(self._write_interrupted(run.dispatch))
+                self._in_background(self._write_interrupted(run.dispatch, run.started))
         if self._background:
             await asyncio.wait(set(self._background), timeout=LAST_WRITES_S)
         if runs:
@@ -260,10 +307,14 @@ class Executor:
                 len(late),
             )
 
-    async def _write_interrupted(self, dispatch: Dispatch) -> None:
+    async def _write_interrupted(
+        self, dispatch: Dispatch, started: asyncio.Future[None] | None = None
+    ) -> None:
         _log_outcome(logging.WARNING, "handler interrupted", dispatch, INTERRUPTED_ERROR)
         payload = TaskFailed(INTERRUPTED_ERROR, True, interrupted=True)
         try:
+            if started is not None:  # after its TaskStarted, or the fold refuses that
+                await asyncio.wait_for(asyncio.shield(started), LAST_WRITES_S)
             await asyncio.wait_for(self._write(dispatch, "interrupted", payload), LAST_WRITES_S)
         except Exception:  # the attempt now waits for its timeout, as after a crash
             log.exception(
@@ -293,6 +344,13 @@ class Executor:
             encode_event(event),
             key=dispatch.task_id.encode("utf-8"),
         )
+
+
+def _delivery(write: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+    """A write running on its own, whose failure is reported by whoever awaits it."""
+    future = asyncio.ensure_future(write)
+    future.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+    return future
 
 
 def _log_outcome(level: int, what: str, dispatch: Dispatch, error: str) -> None:
@@ -330,65 +388,36 @@ def _completion(result: Any) -> Payload:
     return TaskCompleted(body, content_type)
 
 
-class _Drain(Service):
-    """Stops the executor when the worker stops: before the fold, the consumer and the web."""
+class _SlotMissed(Exception):
+    """The go-ahead came past its ``not_after``: the handler must not be called."""
 
-    def __init__(self, executor: Executor, grace_s: float, **kwargs: Any) -> None:
+    def __init__(self, late_ms: int) -> None:
+        super().__init__(late_ms)
+        self.late_ms = late_ms
+
+
+class Drain(Service):
+    """Stops the executor when the worker stops: before the scheduler, the fold, the consumer
+    and the web server (register it after them: faust stops services in reverse order)."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        stop_dispatching: Callable[[], None],
+        grace_s: float,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self._executor = executor
+        self._stop_dispatching = stop_dispatching
         self._grace_s = grace_s
 
+    async def on_start(self) -> None:
+        try:
+            await self._executor.warm_up()
+        except Exception:  # the first write tries again
+            log.warning("could not start the handlers' producer yet", exc_info=True)
+
     async def on_stop(self) -> None:
+        self._stop_dispatching()
         await self._executor.drain(self._grace_s)
-
-
-def register(runtime: Runtime) -> Executor:
-    """Add the executor agent to ``runtime.app``, and its drain to the app's stop."""
-    executor = Executor(runtime)
-    topic = runtime.raw_topic(runtime.settings.topics.dispatch)
-    events = runtime.settings.topics.events
-    # the fold calls this when it folds a terminal transition (see the module's docstring);
-    # set by name: Runtime does not declare the field (yet)
-    runtime.on_task_ended = executor.on_task_ended
-
-    @runtime.app.agent(topic, name="executor", concurrency=1)
-    async def execute(stream: StreamT[Any]) -> None:
-        async for event in stream.events():
-            try:
-                dispatch = decode_dispatch(event.value)
-            except SchemaError as exc:
-                log.warning(
-                    "executor skipped an undecodable go-ahead: %s",
-                    exc,
-                    extra={
-                        "topic": event.message.topic,
-                        "partition": event.message.partition,
-                        "offset": event.message.offset,
-                        "reason": str(exc),
-                    },
-                )
-                continue
-            partition = event.message.partition
-            if handler_for(dispatch.task_type) is not None and not any(
-                tp.topic == events and tp.partition == partition
-                for tp in runtime.app.consumer.assignment()
-            ):
-                log.warning(
-                    "go-ahead for task=%s read on %s[%d], whose %s partition is not assigned"
-                    " here: cancelling the task will not reach its handler",
-                    dispatch.task_id,
-                    event.message.topic,
-                    partition,
-                    events,
-                    extra={
-                        "task_id": dispatch.task_id,
-                        "platform": dispatch.platform,
-                        "attempt": dispatch.attempt,
-                        "topic": event.message.topic,
-                        "partition": partition,
-                    },
-                )
-            executor.start(dispatch)
-
-    runtime.app.service(_Drain(executor, runtime.settings.shutdown_grace))  # type: ignore[arg-type]
-    return executor

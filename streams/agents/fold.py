@@ -19,7 +19,6 @@ input offset, so it starts exactly where the committed state ends.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -30,7 +29,6 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import (
     CorruptRecordException,
-    IllegalOperation,
     InvalidMessageError,
     InvalidTimestampError,
     KafkaError,
@@ -41,12 +39,27 @@ from aiokafka.errors import (
     UnsupportedForMessageFormatError,
 )
 from aiokafka.structs import RecordMetadata
-from mode import Service
 
 from schemas.records import Refusal, event_of_record
+from streams import placement
+from streams.agents.transactional import (
+    COMMIT_TIMEOUT_S,
+    TRANSACTION_ERRORS,
+    AssignedPartitions,
+    FailureLog,
+    Superseded,
+    committed_reader,
+    cut,
+    delivery,
+    reopen_backoff,
+    restore_from_changelog,
+    send_now,
+    start_fencing,
+    stop_quietly,
+    wait_for_event,
+)
 from streams.app import Runtime
 from streams.domain import Effect, Rejected, apply, state_from_json, state_to_json
-from streams.domain.bounds import LARGE_RECORD_MAX_BYTES, PRODUCER_MAX_REQUEST_BYTES
 from streams.domain.timers import next_deadline
 from streams.logs import log_retries, shown
 from streams.outputs import effect_record
@@ -57,20 +70,6 @@ log = logging.getLogger(__name__)
 
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}".encode()
 """The ``worker`` header of every output: which process wrote it."""
-
-COMMIT_TIMEOUT_S = 30.0
-"""A commit that takes longer fails; the partition is reopened (its events are folded again)."""
-
-REVOKE_WAIT_S = 5.0
-"""How long a revocation waits for the fold to commit and close its partitions."""
-
-
-_TRANSACTION_ERRORS = (KafkaError, IllegalOperation)
-"""What a fenced or failed producer raises (aiokafka's IllegalOperation is no KafkaError)."""
-
-
-class _Superseded(Exception):
-    """The assignment changed (or the worker is stopping) while partitions were being opened."""
 
 
 class _StoreFailed(Exception):
@@ -85,12 +84,6 @@ ATTEMPTS_PER_RECORD = 3
 
 DLQ_DETAIL_MAX_CHARS = 1_000
 """The ``detail`` header of a DLQ record is cut to this: the copy must always fit the DLQ."""
-
-REOPEN_BACKOFF_S = (0.0, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
-"""Waits before reopening after 0, 1, 2, ... consecutive failures (the last one repeats)."""
-
-LOG_AGAIN_AFTER_S = 60.0
-"""A failure of the same cause is logged again (with its count) at most this often."""
 
 _TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 _REFUSED = (
@@ -142,10 +135,10 @@ def register(runtime: Runtime) -> FoldService:
     service = FoldService(runtime)
     runtime.fold = service
     events = runtime.settings.topics.events
-    app._orchestrator_unfetched = {events}  # type: ignore[attr-defined]
+    placement.place_only(app, events)
 
     # faust must subscribe to task.events for its assignor and topic router to place the
-    # partitions and route task reads; its consumer never fetches them (streams.transactions)
+    # partitions and route task reads; its consumer never fetches them (streams.placement)
     @app.agent(runtime.events_topic, name="fold", concurrency=1)
     async def owns_task_events(stream: Any) -> None:
         async for event in stream.events():
@@ -187,14 +180,14 @@ class _Partition:
         self.store.discard()
         self.ended = None
 
-    def sent(self, offset: int, delivery: asyncio.Future[RecordMetadata]) -> None:
+    def sent(self, offset: int, sent: asyncio.Future[RecordMetadata]) -> None:
         """Remember a send of the record at ``offset``: the commit waits for its acknowledgement."""
         if self.deliveries is None:
             self.deliveries = []
-        self.deliveries.append((offset, _delivery(delivery)))
+        self.deliveries.append((offset, delivery(sent)))
 
 
-class FoldService(Service):
+class FoldService(AssignedPartitions):
     """Folds the partitions of ``task.events`` faust assigns to this worker.
 
     One loop does everything (opening partitions, fetching, folding, committing), so none of
@@ -202,6 +195,8 @@ class FoldService(Service):
     ``lock`` is held while records are folded or committed: a reader holding it sees the
     table between two records, with :meth:`positions` saying which.
     """
+
+    what = "the fold"
 
     def __init__(self, runtime: Runtime, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -211,18 +206,10 @@ class FoldService(Service):
         self.changelog = tasks_changelog(settings.orchestrator_id)
         self.lock = asyncio.Lock()
         self._partitions: dict[int, _Partition] = {}
-        self._wanted: frozenset[int] = frozenset()
-        self._wanted_version = 0
-        self._open_version = 0
-        self._changed = asyncio.Event()
-        self._settled = asyncio.Event()
         self._opened = asyncio.Condition()
-        self._opening = False
         self._indexed: frozenset[int] = frozenset()
         """The partitions whose tasks the deadline index was last built from."""
-        self._stopping = False
         self._last_commit = 0.0
-        self._loop_task: asyncio.Future[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._suspects: dict[int, _Suspects] = {}
         self._folding: tuple[int, int] | None = None
@@ -230,59 +217,13 @@ class FoldService(Service):
         self._failures = 0
         """Consecutive failures (reopens wait longer after each); a commit resets it."""
         self._store_broken = False
-        self._logged: dict[str, tuple[float, int]] = {}
-        self._assigned = False
-        """Whether faust has assigned this worker its partitions at least once."""
+        self._failure_log = FailureLog(log)
         self._announced = False
 
-    async def on_start(self) -> None:
-        self._loop_task = asyncio.ensure_future(self._run_or_crash())
-
-    async def _run_or_crash(self) -> None:
-        try:
-            await self.run()
-        except Exception as exc:  # the worker must not go on without its fold
-            log.exception("the fold stopped")
-            await self.crash(exc)
-
-    async def on_stop(self) -> None:
-        """Let the loop commit and close its partitions, then end."""
-        self._stopping = True
-        self._changed.set()
-        if self._loop_task is not None:
-            await asyncio.wait_for(self._loop_task, COMMIT_TIMEOUT_S + 10)
-
-    # -- what faust's rebalance callbacks call
-
-    def assign(self, partitions: frozenset[int]) -> None:
-        """Fold ``partitions`` from now on (and no others)."""
-        self._assigned = True
-        self._wanted = partitions
-        self._wanted_version += 1
-        self._settled.clear()
-        self._changed.set()
-
-    async def revoke(self) -> None:
-        """Stop folding: commit what was folded and close every partition (bounded wait).
-
-        Committing here spares the next owner folding those records again; it is not needed
-        for correctness, since that owner fences this worker's producers before it reads.
-        """
-        busy = bool(self._partitions) or self._opening
-        self.assign(frozenset())
-        if not busy:
-            return  # nothing open, nothing being opened: nothing to commit
-        try:
-            await asyncio.wait_for(self._settled.wait(), REVOKE_WAIT_S)
-        except TimeoutError:
-            log.warning("the fold did not close its partitions within %.0f s", REVOKE_WAIT_S)
+    def _busy(self) -> bool:
+        return bool(self._partitions) or self._opening
 
     # -- what readers see
-
-    @property
-    def ready(self) -> bool:
-        """True when the open partitions are the assigned ones (nothing to restore)."""
-        return self._open_version == self._wanted_version
 
     @property
     def serving(self) -> bool:
@@ -340,16 +281,7 @@ class FoldService(Service):
     async def run(self) -> None:
         """Fold until the worker stops; on the way out, commit and close."""
         settings = self.runtime.settings
-        consumer = self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
-            group_id=self.group,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset="earliest",
-            # above any record task.events takes (aiokafka would skip a record larger than
-            # this if a broker ever returned it cut)
-            max_partition_fetch_bytes=LARGE_RECORD_MAX_BYTES + 65_536,
-        )
+        consumer = self._consumer = committed_reader(settings, self.group)
         await consumer.start()
         try:
             while not self._stopping:
@@ -378,7 +310,7 @@ class FoldService(Service):
             await self._settle(consumer)
         elif not self._partitions:
             self._changed.clear()
-            await _wait(self._changed, 1.0)
+            await wait_for_event(self._changed, 1.0)
         else:
             await self._fold_batch(consumer)
 
@@ -395,7 +327,7 @@ class FoldService(Service):
                         await self._fold(part, record)
                         if part.broken:
                             break
-                except _TRANSACTION_ERRORS as exc:
+                except TRANSACTION_ERRORS as exc:
                     # raised by a send of this very record (a size check, say) or by the
                     # producer as a whole (fenced): record_fault tells which
                     self._failed(part, exc, record.offset, surely=True)
@@ -449,11 +381,11 @@ class FoldService(Service):
         try:
             async with asyncio.timeout(COMMIT_TIMEOUT_S):
                 if part.deliveries:
-                    await _send_now(part.producer)
+                    await send_now(part.producer)
                 for offset, delivery in part.deliveries or ():
                     try:
                         await delivery
-                    except _TRANSACTION_ERRORS as exc:
+                    except TRANSACTION_ERRORS as exc:
                         self._failed(part, exc, offset, surely=False)
                         self.runtime.metrics.fold_commits.labels("failed").inc()
                         return False
@@ -464,7 +396,7 @@ class FoldService(Service):
                 checkpoint = None
                 if part.last_changelog_write is not None:
                     checkpoint = (await part.last_changelog_write).offset + 1
-        except (*_TRANSACTION_ERRORS, TimeoutError) as exc:
+        except (*TRANSACTION_ERRORS, TimeoutError) as exc:
             self._failed(part, exc, None, surely=False)
             self.runtime.metrics.fold_commits.labels("failed").inc()
             return False
@@ -538,19 +470,7 @@ class FoldService(Service):
 
     def _log_failure(self, kind: str, exc: BaseException, message: str) -> None:
         """Log a failure once per cause (and then at most every LOG_AGAIN_AFTER_S, counted)."""
-        key = f"{kind}:{type(exc).__name__}"
-        now = time.monotonic()
-        last, count = self._logged.get(key, (-LOG_AGAIN_AFTER_S, 0))
-        if now - last < LOG_AGAIN_AFTER_S:
-            self._logged[key] = (last, count + 1)
-            return
-        self._logged[key] = (now, 0)
-        again = f" ({count} more times since the last report)" if count else ""
-        # a traceback only where the cause is unknown (a failure of the loop itself)
-        trace = exc if kind == "loop" else None
-        log.warning(
-            "%s%s: %s: %s", message, again, type(exc).__name__, _cut(str(exc)), exc_info=trace
-        )
+        self._failure_log.report(kind, exc, message, DLQ_DETAIL_MAX_CHARS)
 
     # -- opening and closing partitions
 
@@ -561,9 +481,8 @@ class FoldService(Service):
         consumer.assign([])
         if self._failures and wanted:
             # after failures, wait (longer each time) so a lasting cause is not a reopen storm
-            backoff = REOPEN_BACKOFF_S[min(self._failures, len(REOPEN_BACKOFF_S) - 1)]
             self._changed.clear()
-            await _wait(self._changed, backoff)
+            await wait_for_event(self._changed, reopen_backoff(self._failures))
             if self._stopping or version != self._wanted_version:
                 return  # stopping, or the assignment changed meanwhile: settle that instead
         if self._store_broken:
@@ -573,7 +492,7 @@ class FoldService(Service):
             self._opening = True
             try:
                 await self._open(consumer, wanted, version)
-            except _Superseded:
+            except Superseded:
                 log.info("fold: the assignment changed while opening %s", sorted(wanted))
                 await self._close_all(commit=False)
                 return
@@ -617,24 +536,14 @@ class FoldService(Service):
     async def _open(self, consumer: AIOKafkaConsumer, wanted: frozenset[int], version: int) -> None:
         settings = self.runtime.settings
         tasks = self.runtime.tasks
-        producers: dict[int, AIOKafkaProducer] = {}
+        # a record over a topic's limit is refused by the broker, and the fold blames the
+        # record (see record_fault)
+        producers = await start_fencing(settings, "fold", wanted, 50)
         try:
-            for partition in sorted(wanted):
-                producers[partition] = AIOKafkaProducer(
-                    bootstrap_servers=settings.bootstrap_servers,
-                    transactional_id=f"{settings.orchestrator_id}-fold-{partition}",
-                    linger_ms=50,
-                    # above every topic's limit: the broker refuses an oversize record, and
-                    # the fold blames the record (see record_fault)
-                    max_request_size=PRODUCER_MAX_REQUEST_BYTES,
-                )
-            # starting a producer fences the partition's previous owner and ends its open
-            # transaction, so the changelog and the committed offset read below are final
-            await asyncio.gather(*(producer.start() for producer in producers.values()))
             try:
                 databases = {p: tasks.database(p) for p in wanted}
                 stores, restored = await self._restore(databases, version)
-            except (_Superseded, KafkaError):
+            except (Superseded, KafkaError):
                 raise
             except Exception as exc:  # RocksDB could not open or write: a disk problem
                 raise _StoreFailed(str(exc)) from exc
@@ -657,7 +566,7 @@ class FoldService(Service):
         except BaseException:
             for partition, producer in producers.items():
                 if partition not in self._partitions:
-                    await _stop_quietly(producer)
+                    await stop_quietly(producer)
             raise
         if wanted != self._indexed or restored:
             # the table changed under the index (new partitions, or others' writes restored);
@@ -674,54 +583,17 @@ class FoldService(Service):
             The stores, and how many changelog records were applied.
 
         Raises:
-            _Superseded: the assignment changed meanwhile (a long restore is not finished for
+            Superseded: the assignment changed meanwhile (a long restore is not finished for
                 partitions that may no longer be this worker's).
         """
-        settings = self.runtime.settings
-        restorer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=LARGE_RECORD_MAX_BYTES + 65_536,
+        began = time.monotonic()
+        restored = await restore_from_changelog(
+            self.runtime.settings,
+            self.changelog,
+            stores,
+            lambda: self._wanted_version != version or self._stopping,
+            self.runtime.tasks.wipe,
         )
-        await restorer.start()
-        began, restored = time.monotonic(), 0
-        try:
-            tps = {TopicPartition(self.changelog, p): p for p in stores}
-            restorer.assign(list(tps))
-            ends = await restorer.end_offsets(list(tps))
-            todo = set()
-            for tp, partition in tps.items():
-                start = stores[partition].checkpoint
-                if start > ends[tp]:
-                    log.warning(
-                        "%s[%d] ends at %d before the local checkpoint %d: "
-                        "the topic was replaced; restoring from its start",
-                        tp.topic,
-                        tp.partition,
-                        ends[tp],
-                        start,
-                    )
-                    stores[partition] = self.runtime.tasks.wipe(partition)
-                    start = 0
-                if start < ends[tp]:
-                    restorer.seek(tp, start)
-                    todo.add(tp)
-            while todo:
-                if self._wanted_version != version or self._stopping:
-                    raise _Superseded
-                batches = await restorer.getmany(*todo, timeout_ms=500)
-                for tp, records in batches.items():
-                    entries = [(r.key, r.value) for r in records if r.key is not None]
-                    stores[tps[tp]].restore(entries, records[-1].offset + 1)
-                    restored += len(entries)
-                for tp in list(todo):
-                    if await restorer.position(tp) >= ends[tp]:
-                        stores[tps[tp]].restore([], ends[tp])
-                        todo.discard(tp)
-        finally:
-            await restorer.stop()
         if restored:
             log.info(
                 "fold: restored %d task states of partitions %s in %.1f s",
@@ -742,7 +614,7 @@ class FoldService(Service):
             self.runtime.tasks.open.clear()
             for part in parts:
                 part.store.discard()
-        await asyncio.gather(*(_stop_quietly(part.producer) for part in parts))
+        await asyncio.gather(*(stop_quietly(part.producer) for part in parts))
 
     def _rebuild_deadlines(self) -> None:
         index = self.runtime.deadlines
@@ -750,42 +622,6 @@ class FoldService(Service):
         for key, value in self.runtime.tasks.items():
             index.track(key.decode("utf-8"), next_deadline(state_from_json(value)))
         log.info("deadline index rebuilt: %d tasks", len(index))
-
-
-def _delivery(future: asyncio.Future[RecordMetadata]) -> asyncio.Future[RecordMetadata]:
-    """A send's delivery, whose failure is the commit's to report (not asyncio's, unretrieved)."""
-    future.add_done_callback(lambda f: None if f.cancelled() else f.exception())
-    return future
-
-
-async def _send_now(producer: AIOKafkaProducer) -> None:
-    """Send what lingers in ``producer`` now and wait for every delivery of its transaction.
-
-    ``flush()`` would wait out each batch's linger (50 ms); the commit does not, and neither
-    should the wait for acknowledgements before it. aiokafka's accumulator has what the commit
-    itself uses (``flush_for_commit``: close the open batches, wake the sender); without it,
-    the public ``flush``.
-    """
-    accumulator = getattr(producer, "_message_accumulator", None)
-    flush_now = getattr(accumulator, "flush_for_commit", None)
-    await (flush_now() if flush_now is not None else producer.flush())
-
-
-async def _stop_quietly(producer: AIOKafkaProducer) -> None:
-    """Stop a producer; an open transaction is left for the next owner's producer to end."""
-    try:
-        await asyncio.wait_for(producer.stop(), 10.0)
-    except Exception:  # it is being dropped either way
-        log.warning("a fold producer did not stop cleanly", exc_info=True)
-
-
-def _cut(text: str, limit: int = DLQ_DETAIL_MAX_CHARS) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-async def _wait(event: asyncio.Event, timeout_s: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout_s)
 
 
 _Output = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
@@ -873,7 +709,8 @@ class _Folding:
     def _dead_letter(self, reason: str, detail: str) -> _Output:
         self._runtime.metrics.dlq.labels(reason).inc()
         record = self._record
-        detail = _cut(detail)  # the copy must fit the DLQ whatever the record held
+        # the copy must fit the DLQ whatever the record held
+        detail = cut(detail, DLQ_DETAIL_MAX_CHARS)
         task_id = shown(record.key)  # the key, whatever it holds: cut, escaped
         log.warning(
             "dead-lettered %s[%d]@%d task=%s: %s: %s",

@@ -1,38 +1,43 @@
-"""The scheduler agent: one ``PlatformScheduler`` per platform, fed by ``task.ready`` and signals.
+"""The scheduler: one ``PlatformScheduler`` per platform, fed by ``task.ready`` and signals,
+exactly once, and the handlers it dispatches started by this worker right after the commit.
 
-``task.ready`` and ``scheduler.signals`` are both keyed by platform, so each platform has a
-single writer: the worker owning that partition. For each record the agent updates the
-platform's scheduler (pure code, ``streams.domain.scheduling``), then dispatches what the limits
-allow now: a ``TaskDispatched`` event on ``task.events`` and a go-ahead on ``task.dispatch``,
-both in the transaction of the record's partition. Tasks held back get one ``TaskDeferred``
-event saying why. The queue (task by task) and each platform's window logs, in-flight set,
-pause and rate factor live in two changelog-backed tables, so a restart resumes where it was.
+``task.ready`` and ``scheduler.signals`` are both keyed by platform, so partition ``p`` of each
+holds the same platforms and each platform has a single writer: the worker owning ``p``. The
+scheduler processes its partitions the way the fold does (``streams.agents.transactional``): a
+consumer of its own (group ``{id}-scheduler``), one transactional producer per partition
+(``{id}-scheduler-{p}``, which fences the previous owner when it starts), and a committed-only
+store per partition (``data_dir/scheduler``) restored from ``{id}-scheduler-changelog``.
 
-Time passing (a window gaining room, a pause ending) needs a record too: the agent notes when
-each platform should look again, and a timer writes a ``Tick`` signal then.
+For each record it updates the platform's scheduler (pure code, ``streams.domain.scheduling``)
+and dispatches what the limits allow: a ``TaskDispatched`` event on ``task.events`` and a
+go-ahead on ``task.dispatch`` (a record of the decision), in the partition's transaction.
+Tasks held back get one ``TaskDeferred`` event saying why. Time passing (a window gaining room,
+a pause ending) needs no record: the loop notes when each platform should look again and
+decides then, in a transaction of its own.
 
-A disk that refuses writes (full: ENOSPC) does not stop a record half-way: the tables' store
-(:class:`SchedulerStore`) keeps a refused write in memory, so the record is processed whole
-(its changelog records are in its transaction as always); the agent then stops between two
-records, logs why once, and resumes when the reopened databases take the kept writes.
+Rate limits hold at the handler call (docs/rate-limits.md): a decision at ``d`` counts the
+dispatch at ``not_before = d + start_lead`` and checks every window as if its period were
+``start_slot`` longer; a transaction that dispatched commits at once, and only once the broker
+acknowledged the commit does this worker hand the go-aheads to its executor, which starts each
+handler in ``[not_before, not_before + start_slot]`` or gives the go-ahead back. A go-ahead is
+never read back from ``task.dispatch``: a worker that crashes after the commit loses the call
+(the attempt times out and is retried), it never makes it twice, and a fenced worker commits
+nothing, so it calls nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, cast
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from faust.stores import rocksdb as faust_rocksdb
-from faust.streams import current_event
-from faust.types import TP, EventT, StoreT, StreamT
-from rocksdict import WriteBatch
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import RecordMetadata
 
 from schemas.records import (
     decode_ready,
@@ -40,9 +45,24 @@ from schemas.records import (
     encode_dispatch,
     encode_event,
     encode_rate_change,
-    encode_signal,
 )
-from streams import handlers, transactions
+from streams import handlers, placement
+from streams.agents.executor import Executor
+from streams.agents.transactional import (
+    COMMIT_TIMEOUT_S,
+    TRANSACTION_ERRORS,
+    AssignedPartitions,
+    FailureLog,
+    Superseded,
+    committed_reader,
+    delivery,
+    reopen_backoff,
+    restore_from_changelog,
+    send_now,
+    start_fencing,
+    stop_quietly,
+    wait_for_event,
+)
 from streams.app import Runtime
 from streams.domain import Event, ReadyToSchedule, Source, derived_event_id
 from streams.domain.events import TaskDeferred, TaskDispatched
@@ -53,349 +73,705 @@ from streams.domain.signals import (
     RateChangeRecord,
     SchedulerSignal,
     TaskReleased,
-    Tick,
 )
 from streams.errors import SchemaError
-from streams.task_store import raise_if_disk_full_injected
+from streams.task_store import PartitionStore, TaskStore, partition_of
+from streams.topics import scheduler_changelog
 
 log = logging.getLogger(__name__)
 
-_SEP = "\x1f"
-RETICK_MS = 1_000
-"""After a tick is written, look again this long later anyway, in case the tick was lost."""
-STORE_RETRY_S = 1.0
-"""While the tables' databases refuse writes, try them again this often."""
+PLATFORM_KEY = b"p\x1f"
+"""Store keys of platforms' snapshots: this, then the platform's name."""
+QUEUE_KEY = b"q\x1f"
+"""Store keys of queued tasks: this, the platform's name, ``\\x1f``, the task id."""
+MAX_RECORDS = 500
+"""Records taken per fetch."""
+MAX_FETCH_WAIT_MS = 100
+"""The longest a fetch waits for records (a platform's wake-up shortens it)."""
+HANDLER_STOP_WAIT_S = 2.0
+"""How long a released task's slot waits for its cancelled handler to stop."""
+EARLIER_TABLES = {"scheduler_platforms": PLATFORM_KEY, "scheduler_queue": QUEUE_KEY}
+"""The faust tables of the scheduler before it kept its own store (changelogs
+``{id}-{table}-changelog``, faust's consumer group ``{id}``), and the store key prefix each
+table's keys take now."""
 
 
-class SchedulerStore(faust_rocksdb.Store):
-    """faust's RocksDB store, for the scheduler's tables, that a failing disk does not break.
-
-    Once a write fails (a full disk), RocksDB refuses every later write, and a read-only
-    database stays so until it is reopened. faust's store would raise into the agent half-way
-    through a record (some of its outputs sent, its table writes half done) and faust would
-    restart the agent on the next record, again and again, with the failed record never
-    finished. Here a refused write is kept in memory (:attr:`refused`, which reads see); the
-    table had already sent its changelog record, so the record completes normally and Kafka
-    holds everything. :meth:`retry` reopens the databases and writes what was kept.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.refused: dict[int, dict[bytes, bytes | None]] = {}
-        """Per partition, the writes RocksDB refused, latest value per key (None: deleted)."""
-        self.failure: str | None = None
-        """Why the first refused write failed, until :meth:`retry` has written them all."""
-
-    def _write(self, partition: int, writes: list[tuple[bytes, bytes | None]]) -> None:
-        """Write to ``partition``'s database in one batch (a None value deletes its key)."""
-        refused = self.refused.get(partition)
-        if refused is None:
-            try:
-                raise_if_disk_full_injected()
-                self._db_for_partition(partition).write(_batch(writes))
-                return
-            except Exception as exc:  # rocksdict raises a bare Exception("IO error: ...")
-                self.failure = self.failure or f"{type(exc).__name__}: {exc}"
-                refused = self.refused[partition] = {}
-        refused.update(writes)  # after the refused ones: retry writes them all in one batch
-
-    def retry(self) -> bool:
-        """Reopen the databases that refused writes and write what they refused; True if done."""
-        if not self.refused:
-            return True
-        if not _takes_writes(self.path):
-            return False  # reopening on a full disk fails, and the old handles at least read
-        for partition in sorted(self.refused):
-            stale = self._dbs.pop(partition, None)
-            if stale is not None:
-                # a database in error takes a second to close (on the event loop) unless its
-                # background work is cancelled first; closing fails like the writes did, and
-                # the handle is let go anyway (what it held is in its log file, or kept here)
-                with contextlib.suppress(Exception):
-                    stale.cancel_all_background(False)
-                with contextlib.suppress(Exception):
-                    stale.close()
-            try:
-                raise_if_disk_full_injected()
-                self._db_for_partition(partition).write(_batch(self.refused[partition].items()))
-            except Exception as exc:
-                self.failure = f"{type(exc).__name__}: {exc}"
-                return False
-            del self.refused[partition]
-        self.failure = None
-        return True
-
-    def _set(self, key: bytes, value: bytes | None) -> None:
-        event = current_event()
-        assert event is not None  # the agent writes the tables, each write within a record
-        partition = event.message.partition
-        self._key_index[key] = partition
-        self._write(partition, [(key, value)])
-
-    def _del(self, key: bytes) -> None:
-        if key in self._key_index:
-            partitions: Iterable[int] = [self._key_index[key]]
-        else:
-            partitions = {*self._dbs, *self.refused}
-        for partition in partitions:
-            self._write(partition, [(key, None)])
-
-    def _get(self, key: bytes) -> bytes | None:
-        for refused in self.refused.values():
-            if key in refused:
-                return refused[key]
-        value: bytes | None = super()._get(key)
-        return value
-
-    def _contains(self, key: bytes) -> bool:
-        for refused in self.refused.values():
-            if key in refused:
-                return refused[key] is not None
-        found: bool = super()._contains(key)
-        return found
-
-    def _iteritems(self) -> Iterator[tuple[bytes, bytes]]:
-        kept = {
-            key: value
-            for refused in self.refused.values()
-            for key, value in refused.items()
-            if key != self.offset_key
-        }
-        for key, value in super()._iteritems():
-            if key not in kept:
-                yield key, value
-        for key, maybe in kept.items():
-            if maybe is not None:
-                yield key, maybe
-
-    def _iterkeys(self) -> Iterator[bytes]:
-        for key, _ in self._iteritems():
-            yield key
-
-    def _itervalues(self) -> Iterator[bytes]:
-        for _, value in self._iteritems():
-            yield value
-
-    def _size(self) -> int:
-        return sum(1 for _ in self._iteritems())
-
-    def persisted_offset(self, tp: TP) -> int | None:
-        refused = self.refused.get(tp.partition, {})
-        if self.offset_key in refused:
-            stored = refused[self.offset_key]
-            return int(stored) if stored is not None else None
-        offset: int | None = super().persisted_offset(tp)
-        return offset
-
-    def set_persisted_offset(self, tp: TP, offset: int) -> None:
-        self._write(tp.partition, [(self.offset_key, str(offset).encode())])
-
-    def apply_changelog_batch(
-        self,
-        batch: Iterable[EventT[Any]],
-        to_key: Callable[[Any], Any],
-        to_value: Callable[[Any], Any],
-    ) -> None:
-        writes: dict[int, list[tuple[bytes, bytes | None]]] = {}
-        offsets: dict[TP, int] = {}
-        for event in batch:
-            message = event.message
-            if message.key is not None:
-                writes.setdefault(message.partition, []).append((message.key, message.value))
-            offsets[message.tp] = max(message.offset, offsets.get(message.tp, -1))
-        for partition, partition_writes in writes.items():
-            self._write(partition, partition_writes)
-        for tp, offset in offsets.items():
-            self.set_persisted_offset(tp, offset)
-
-    def revoke_partitions(self, table: Any, tps: Any) -> None:
-        super().revoke_partitions(table, tps)
-        for tp in tps:
-            if tp.topic in table.changelog_topic.topics:
-                # the next owner (this worker too) restores them from the changelog, which
-                # has every write kept here (a table sends it before writing the store)
-                self.refused.pop(tp.partition, None)
-        if not self.refused:
-            self.failure = None
+def scheduler_group(orchestrator_id: str) -> str:
+    """The consumer group whose committed offsets say where the scheduler resumes."""
+    return f"{orchestrator_id}-scheduler"
 
 
-def _batch(writes: Iterable[tuple[bytes, bytes | None]]) -> WriteBatch:
-    batch = WriteBatch(raw_mode=True)
-    for key, value in writes:
-        if value is None:
-            batch.delete(key)
-        else:
-            batch.put(key, value)
-    return batch
+@dataclass
+class _Lane:
+    """One open partition ``p`` of ``task.ready`` and of ``scheduler.signals``."""
+
+    number: int
+    producer: AIOKafkaProducer
+    store: PartitionStore
+    next_offsets: dict[TopicPartition, int]
+    """Per input partition, the offset of the next record to take."""
+    schedulers: dict[str, PlatformScheduler] = field(default_factory=dict)
+    wakeups: dict[str, int] = field(default_factory=dict)
+    """Per platform, when (wall clock, ms) its scheduler must look again."""
+    changed: set[str] = field(default_factory=set)
+    """Platforms whose snapshot changed in the open transaction."""
+    in_transaction: bool = False
+    deliveries: list[asyncio.Future[RecordMetadata]] = field(default_factory=list)
+    go_aheads: list[Dispatch] = field(default_factory=list)
+    """Dispatched in the open transaction: handed to the executor once it commits."""
+    last_commit: float = 0.0
 
 
-def _takes_writes(directory: Any) -> bool:
-    """Whether a file can be written (and synced) in ``directory`` now."""
-    try:
-        raise_if_disk_full_injected()
-        with tempfile.TemporaryFile(dir=directory) as probe:
-            probe.write(bytes(1 << 16))
-            probe.flush()
-            os.fsync(probe.fileno())
-    except OSError:
-        return False
-    return True
+class SchedulerService(AssignedPartitions):
+    """Schedules the platforms of the partitions faust assigns to this worker."""
 
+    what = "the scheduler"
 
-class _Table(transactions.TrackedTable):
-    """A scheduler table, stored in a :class:`SchedulerStore`."""
-
-    def _new_store_by_url(self, url: Any) -> StoreT[Any, Any]:
-        return SchedulerStore(
-            url,
-            self.app,
-            self,
-            table_name=self.name,
-            key_type=self.key_type,
-            key_serializer=self.key_serializer,
-            value_serializer=self.value_serializer,
-            value_type=self.value_type,
-            loop=self.loop,
-            options=self.options,
-        )
-
-
-class SchedulerService:
-    """The in-memory schedulers of the platforms this worker owns, and their wake-up times."""
-
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, executor: Executor, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.runtime = runtime
-        app = runtime.app
-        self.platforms = _Table(
-            app,
-            name="scheduler_platforms",
-            partitions=runtime.settings.partitions,
-            beacon=app.tables.beacon,
-        )
-        self.queue = _Table(
-            app,
-            name="scheduler_queue",
-            partitions=runtime.settings.partitions,
-            beacon=app.tables.beacon,
-        )
-        for table in (self.platforms, self.queue):
-            table.key_serializer = table.value_serializer = "raw"
-            table.source_topic = runtime.settings.topics.ready
-            app.tables.add(table)
-        self.schedulers: dict[str, PlatformScheduler] = {}
-        self.wakeups: dict[str, int] = {}
-        self.taken: dict[TP, int] = {}
-        """Per partition of the agent's topics, the offset of the record it took last."""
-        self.done: dict[TP, int] = {}
-        """Per partition of the agent's topics, the offset of the record it finished last."""
-        self.resumed = asyncio.Event()
-        """Clear while the agent waits for the tables' store to take writes again."""
-        self.resumed.set()
+        self.executor = executor
+        settings = runtime.settings
+        self.group = scheduler_group(settings.orchestrator_id)
+        self.changelog = scheduler_changelog(settings.orchestrator_id)
+        self.store = TaskStore(Path(settings.data_dir) / "scheduler", settings.partitions)
+        self.lock = asyncio.Lock()
+        self.lead_ms = int(settings.start_lead * 1000)
+        self.slot_ms = int(settings.start_slot * 1000)
+        self.dispatching = True
+        """False once the worker stops: records are still taken, nothing is dispatched."""
+        self._lanes: dict[int, _Lane] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._failures = 0
+        self._store_broken = False
         self._outage = False
+        self._failure_log = FailureLog(log)
+
+    # -- what others see
 
     @property
     def failure(self) -> str | None:
-        """Why the tables' databases refuse writes (None: they take them)."""
-        return next((s.failure for s in self._stores() if s.failure is not None), None)
+        """Why the store refuses writes (None: it takes them)."""
+        return self.store.failure
 
-    def _stores(self) -> list[SchedulerStore]:
-        return [cast(SchedulerStore, table.data) for table in (self.platforms, self.queue)]
+    def _busy(self) -> bool:
+        return bool(self._lanes) or self._opening
 
-    def retry_stores(self) -> bool:
-        """Reopen the databases that refused writes and write what they kept; True if done.
+    def stop_dispatching(self) -> None:
+        """Dispatch nothing more (the worker stops); queues and releases are still kept."""
+        self.dispatching = False
 
-        The start and the end of an outage are logged once each.
-        """
-        failure = self.failure
-        if failure is not None and not self._outage:
-            self._outage = True
-            log.error(
-                "scheduler: its tables' store refused a write (%s); scheduling stops, and "
-                "resumes by itself once the store takes writes again",
-                failure,
-            )
-            return False  # tried a second later
-        if failure is not None and not all([store.retry() for store in self._stores()]):
-            return False
-        if self._outage:
-            self._outage = False
-            log.warning("scheduler: the store takes writes again; scheduling resumes")
-        return True
+    def platform_status(self, platform: str) -> dict[str, Any] | None:
+        """The platform's limit status, if its partition is open here (None: it is not)."""
+        lane = self._lanes.get(self._partition_of(platform))
+        if lane is None:
+            return None
+        scheduler = lane.schedulers.get(platform) or self._new_scheduler(platform)
+        return scheduler.status(self._clock())
 
-    async def wait_for_stores(self) -> None:
-        """Stop between two records until the tables' databases take writes again.
+    async def lags(self) -> dict[str, tuple[int, int]]:
+        """Per open input partition (``topic[p]``): the last offset taken, and records waiting."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        lags = {}
+        for lane in list(self._lanes.values()):
+            for tp, next_offset in lane.next_offsets.items():
+                highwater = consumer.highwater(tp) or 0
+                behind = highwater - next_offset
+                if behind > 0:
+                    try:
+                        position = await asyncio.wait_for(consumer.position(tp), 1.0)
+                    except Exception:  # being reopened: count from what was taken
+                        position = next_offset
+                    behind = highwater - max(next_offset, position)
+                lags[f"{tp.topic}[{tp.partition}]"] = (next_offset - 1, max(0, behind))
+        return lags
 
-        The record that met the failure is finished and acknowledged (its writes kept in
-        memory, and in its transaction's changelog records); nothing more is taken meanwhile.
-        """
-        if self.retry_stores():
-            return
-        self.resumed.clear()
+    # -- the loop
+
+    async def run(self) -> None:
+        consumer = self._consumer = committed_reader(self.runtime.settings, self.group)
+        await consumer.start()
         try:
-            while True:
-                await asyncio.sleep(STORE_RETRY_S)
-                if self.retry_stores():
-                    break
-        finally:
-            self.resumed.set()
-
-    def scheduler_for(self, platform: str) -> PlatformScheduler:
-        """The platform's scheduler, loaded from the tables the first time."""
-        scheduler = self.schedulers.get(platform)
-        if scheduler is None:
-            settings = self.runtime.settings
-            scheduler = PlatformScheduler(
-                settings.platform_limits(platform), int(settings.ageing * 1000)
-            )
-            stored = self.platforms.get(platform.encode("utf-8"))
-            if stored is not None:
-                report = scheduler.load(json.loads(stored), _now_ms())
-                if report.changed:
-                    log.warning(
-                        "scheduler %s: rate-limit windows restored: %s",
-                        platform,
-                        report.describe(),
+            while not self._stopping:
+                try:
+                    await self._step(consumer)
+                except Exception as exc:
+                    self._failure_log.report(
+                        "loop", exc, "the scheduler failed; reopening its partitions"
                     )
-            prefix = f"{platform}{_SEP}".encode()
-            for key, value in self.queue.items():
-                if key.startswith(prefix):
-                    scheduler.restore(QueuedTask(**json.loads(value)))
-            self.schedulers[platform] = scheduler
-        return scheduler
+                    self._reopen()
+        finally:
+            await self._close_all(commit=True)
+            self.store.close()
+            await consumer.stop()
 
-    def overall_free(self) -> int | None:
+    async def _step(self, consumer: AIOKafkaConsumer) -> None:
+        if not self.ready:
+            await self._settle(consumer)
+            return
+        if not self._lanes:
+            self._changed.clear()
+            await wait_for_event(self._changed, 1.0)
+            return
+        batches = await consumer.getmany(timeout_ms=self._fetch_wait_ms(), max_records=MAX_RECORDS)
+        async with self.lock:
+            for tp, records in batches.items():
+                lane = self._lanes.get(tp.partition)
+                if lane is None:
+                    continue
+                for record in records:
+                    await self._take(lane, tp, record)
+                    # a dispatch commits at once: its handler may start only after the commit
+                    if lane.go_aheads and not await self._commit(lane):
+                        self._reopen()
+                        return
+            now_ms = _now_ms()
+            for lane in self._lanes.values():
+                for platform in [p for p, at in lane.wakeups.items() if at <= now_ms]:
+                    await self._begin(lane)
+                    await self._decide(lane, platform)
+            now = time.monotonic()
+            due = [
+                lane
+                for lane in self._lanes.values()
+                if lane.in_transaction
+                and (
+                    lane.go_aheads
+                    or now - lane.last_commit >= self.runtime.settings.commit_interval
+                )
+            ]
+            outcomes = await asyncio.gather(*(self._commit(lane) for lane in due))
+        if not all(outcomes) or self._store_broken:
+            self._reopen()
+
+    def _fetch_wait_ms(self) -> int:
+        """How long a fetch may wait: until the next wake-up, at most MAX_FETCH_WAIT_MS."""
+        wakeups = [at for lane in self._lanes.values() for at in lane.wakeups.values()]
+        if not wakeups:
+            return MAX_FETCH_WAIT_MS
+        return max(0, min(MAX_FETCH_WAIT_MS, min(wakeups) - _now_ms()))
+
+    # -- one record
+
+    async def _take(
+        self, lane: _Lane, tp: TopicPartition, record: ConsumerRecord[Any, Any]
+    ) -> None:
+        if record.offset < lane.next_offsets[tp]:
+            return  # taken already (a fetch from before the last seek)
+        await self._begin(lane)
+        topics = self.runtime.settings.topics
+        try:
+            if tp.topic == topics.ready:
+                ready = decode_ready(record.value or b"")
+                platform = ready.platform
+                self._enqueue(lane, ready)
+            else:
+                signal = decode_signal(record.value or b"")
+                platform = signal.platform
+                await self._on_signal(lane, signal)
+        except SchemaError as exc:
+            await self._dead_letter(lane, record, "undecodable", str(exc))
+        except TRANSACTION_ERRORS:
+            raise
+        except Exception as exc:  # a bug must not stop the scheduler: park the record
+            log.exception("scheduler failed on %s[%d]@%d", tp.topic, tp.partition, record.offset)
+            await self._dead_letter(
+                lane, record, "processing_error", f"{type(exc).__name__}: {exc}"
+            )
+        else:
+            await self._decide(lane, platform)
+        lane.next_offsets[tp] = record.offset + 1
+
+    def _enqueue(self, lane: _Lane, ready: ReadyToSchedule) -> None:
+        if handlers.handler_for(ready.task_type) is None:
+            return  # no handler for this type here: the caller drives it (start_task, ...)
+        task = QueuedTask(
+            ready.task_id,
+            ready.task_type,
+            ready.target,
+            ready.priority,
+            ready.attempt,
+            ready.ready_at_ms,
+            ready.timeout_ms,
+            ready.ready_id,
+        )
+        if self._scheduler(lane, ready.platform).enqueue(task):
+            lane.store.put(
+                _queue_key(ready.platform, task.task_id), json.dumps(task.as_dict()).encode()
+            )
+
+    async def _on_signal(self, lane: _Lane, signal: SchedulerSignal) -> None:
+        scheduler = self._scheduler(lane, signal.platform)
+        payload = signal.payload
+        if isinstance(payload, TaskReleased) and payload.task_id not in scheduler.in_flight:
+            # never dispatched (cancelled while queued, say): it leaves the queue
+            if scheduler.remove(payload.task_id):
+                lane.store.delete(_queue_key(signal.platform, payload.task_id))
+        elif isinstance(payload, TaskReleased):
+            # the dispatched attempt ended; a handler still running here (the task ended
+            # elsewhere: cancelled, timed out) holds its slot until it has stopped. A next
+            # readiness of the task that came first (task.ready and scheduler.signals are two
+            # topics) waits in the scheduler until now
+            await self.executor.stop(payload.task_id, "the task ended", HANDLER_STOP_WAIT_S)
+            change = scheduler.release(
+                payload.task_id, payload.completed, payload.throttled_ms, self._clock()
+            )
+            if change is not None:
+                log.info(
+                    "platform %s rate factor %.2f -> %.2f (%s)",
+                    change.platform,
+                    change.old_factor,
+                    change.new_factor,
+                    change.cause,
+                )
+                record = RateChangeRecord(
+                    change.platform, _now_ms(), change.old_factor, change.new_factor, change.cause
+                )
+                await self._send(
+                    lane,
+                    self.runtime.settings.topics.scheduler_events,
+                    signal.platform.encode(),
+                    encode_rate_change(record),
+                )
+        elif isinstance(payload, PlatformPaused):
+            scheduler.pause(payload.until_ms)
+        lane.changed.add(signal.platform)
+
+    # -- decisions
+
+    async def _decide(self, lane: _Lane, platform: str) -> None:
+        """Dispatch what the platform's limits allow now; note when to look again."""
+        scheduler = self._scheduler(lane, platform)
+        now_ms = _now_ms()
+        clock = now_ms + self.lead_ms
+        lane.wakeups.pop(platform, None)
+        if not self.dispatching:
+            return
+        topics = self.runtime.settings.topics
+        dispatched, deferrals = scheduler.run(clock, self._overall_free())
+        for task in dispatched:
+            lane.store.delete(_queue_key(platform, task.task_id))
+            dispatch_id = derived_event_id(
+                task.ready_id or task.task_id, task.attempt, "dispatched"
+            )
+            event = Event(dispatch_id, task.task_id, now_ms, Source.SCHEDULER, TaskDispatched())
+            go = Dispatch(
+                dispatch_id,
+                task.task_id,
+                platform,
+                task.task_type,
+                task.target,
+                task.attempt,
+                task.timeout_ms,
+                now_ms,
+                clock,
+                clock + self.slot_ms,
+            )
+            key = task.task_id.encode()
+            await self._send(lane, topics.events, key, encode_event(event))
+            await self._send(lane, topics.dispatch, key, encode_dispatch(go))
+            lane.go_aheads.append(go)
+        for deferral in deferrals:
+            held = deferral.hold
+            event = Event(
+                derived_event_id(deferral.ready_id or deferral.task_id, "deferred"),
+                deferral.task_id,
+                now_ms,
+                Source.SCHEDULER,
+                TaskDeferred(str(held.reason), held.detail, held.until_ms or 0),
+            )
+            await self._send(lane, topics.events, deferral.task_id.encode(), encode_event(event))
+        if dispatched:
+            lane.changed.add(platform)
+        self._plan_wakeups(lane, platform, scheduler, clock)
+
+    def _plan_wakeups(
+        self, lane: _Lane, platform: str, scheduler: PlatformScheduler, clock: int
+    ) -> None:
+        """Note when the platform must look again; wake platforms an overall slot now lets go."""
+        free = self._overall_free()
+        hold = scheduler.hold(clock, free)
+        reason = str(hold.reason) if hold is not None and scheduler.pending else None
+        self.runtime.metrics.observe_scheduler(scheduler, clock, reason)
+        wakeup = scheduler.wakeup_ms(clock)
+        if hold is not None and hold.reason is HoldReason.CONCURRENCY and hold.until_ms is None:
+            wakeup = None  # a released slot will bring a signal
+        if wakeup is not None:
+            lane.wakeups[platform] = wakeup - self.lead_ms
+        if free is not None and free > 0:
+            for other_lane in self._lanes.values():
+                for other, other_scheduler in other_lane.schedulers.items():
+                    if (
+                        other != platform
+                        and other_scheduler.pending
+                        and other_scheduler.hold(clock, free) is None
+                    ):
+                        other_lane.wakeups[other] = clock - self.lead_ms
+
+    def _overall_free(self) -> int | None:
         """Slots left under ``max_concurrent_tasks`` among this worker's platforms."""
         cap = self.runtime.settings.max_concurrent_tasks
         if cap is None:
             return None
-        return cap - sum(len(s.in_flight) for s in self.schedulers.values())
+        return cap - sum(
+            len(s.in_flight) for lane in self._lanes.values() for s in lane.schedulers.values()
+        )
 
-    def forget(self) -> None:
-        """Drop the in-memory state (after a rebalance it is reloaded from the tables)."""
-        self.schedulers.clear()
-        self.wakeups.clear()
+    # -- the platforms' schedulers
 
-    async def send_due_ticks(self) -> None:
-        """Write a ``Tick`` for every platform whose wake-up time has come."""
+    def _new_scheduler(self, platform: str) -> PlatformScheduler:
+        settings = self.runtime.settings
+        return PlatformScheduler(
+            settings.platform_limits(platform), int(settings.ageing * 1000), slot_ms=self.slot_ms
+        )
+
+    def _scheduler(self, lane: _Lane, platform: str) -> PlatformScheduler:
+        scheduler = lane.schedulers.get(platform)
+        if scheduler is None:
+            scheduler = lane.schedulers[platform] = self._new_scheduler(platform)
+        return scheduler
+
+    def _load(self, lane: _Lane) -> None:
+        """Load every platform of the lane's committed store (snapshots, then queues)."""
+        queued: list[tuple[str, QueuedTask]] = []
+        for key, value in lane.store.items():
+            if key.startswith(PLATFORM_KEY):
+                platform = key[len(PLATFORM_KEY) :].decode()
+                scheduler = self._scheduler(lane, platform)
+                report = scheduler.load(json.loads(value), self._clock())
+                if report.changed:
+                    log.warning(
+                        "scheduler %s: rate-limit windows restored: %s", platform, report.describe()
+                    )
+            elif key.startswith(QUEUE_KEY):
+                platform = key[len(QUEUE_KEY) :].split(b"\x1f", 1)[0].decode()
+                queued.append((platform, QueuedTask(**json.loads(value))))
+        for platform, task in queued:
+            self._scheduler(lane, platform).restore(task)
         now_ms = _now_ms()
-        due = [platform for platform, at in self.wakeups.items() if at <= now_ms]
-        if not due:
+        for platform in lane.schedulers:
+            lane.wakeups[platform] = now_ms  # look at once: time passed while it was closed
+
+    # -- writing
+
+    async def _begin(self, lane: _Lane) -> None:
+        if not lane.in_transaction:
+            await lane.producer.begin_transaction()
+            lane.in_transaction = True
+
+    async def _send(self, lane: _Lane, topic: str, key: bytes | None, value: bytes) -> None:
+        sent = await lane.producer.send(topic, value, key=key)
+        lane.deliveries.append(delivery(sent))
+
+    async def _dead_letter(
+        self, lane: _Lane, record: ConsumerRecord[Any, Any], reason: str, detail: str
+    ) -> None:
+        self.runtime.metrics.dlq.labels(reason).inc()
+        log.warning(
+            "dead-lettered %s[%d]@%d: %s: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
+            detail,
+            extra={
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "reason": reason,
+            },
+        )
+        headers = [
+            ("reason", reason.encode()),
+            ("detail", detail[:1_000].encode()),
+            ("source.topic", record.topic.encode()),
+            ("source.partition", str(record.partition).encode()),
+            ("source.offset", str(record.offset).encode()),
+        ]
+        sent = await lane.producer.send(
+            self.runtime.settings.topics.dlq, record.value or b"", key=record.key, headers=headers
+        )
+        lane.deliveries.append(delivery(sent))
+
+    async def _commit(self, lane: _Lane) -> bool:
+        """Write the changed state to the changelog; commit once every record was acknowledged."""
+        for platform in lane.changed:
+            snapshot = json.dumps(lane.schedulers[platform].snapshot()).encode()
+            lane.store.put(PLATFORM_KEY + platform.encode(), snapshot)
+        lane.changed.clear()
+        try:
+            async with asyncio.timeout(COMMIT_TIMEOUT_S):
+                last = None
+                for key, value in lane.store.uncommitted.items():
+                    last = await lane.producer.send(
+                        self.changelog, value, key=key, partition=lane.number
+                    )
+                    lane.deliveries.append(delivery(last))
+                await send_now(lane.producer)
+                for sent in lane.deliveries:
+                    await sent
+                await lane.producer.send_offsets_to_transaction(lane.next_offsets, self.group)
+                await lane.producer.commit_transaction()
+                checkpoint = (await last).offset + 1 if last is not None else None
+        except (*TRANSACTION_ERRORS, TimeoutError) as exc:
+            self._failure_log.report(
+                f"commit:{lane.number}",
+                exc,
+                f"scheduler: commit of partition {lane.number} failed; its records are taken again",
+            )
+            return False
+        lane.in_transaction = False
+        lane.deliveries = []
+        lane.last_commit = time.monotonic()
+        go_aheads, lane.go_aheads = lane.go_aheads, []
+        for go in go_aheads:  # committed: this worker, and no other, calls their handlers
+            self.executor.start(go)
+        self._failures = 0
+        self._store_committed(lane, checkpoint)
+        return True
+
+    def _store_committed(self, lane: _Lane, checkpoint: int | None) -> None:
+        """Write what the lane's commit made final to its database (a full disk stops it)."""
+        try:
+            lane.store.commit(checkpoint)
+        except Exception as exc:  # RocksDB: a full disk, say; the changelog has everything
+            lane.store.discard()
+            self._store_failed(exc)
             return
-        for platform in due:
-            signal = SchedulerSignal(platform, now_ms, Tick())
-            topic = self.runtime.settings.topics.signals
-            await self.runtime.producer.send(topic, platform.encode(), encode_signal(signal))
-            self.wakeups[platform] = now_ms + RETICK_MS
+        self._store_works()
+
+    def _store_failed(self, exc: BaseException) -> None:
+        """The store refused a write: stop, say why once, reopen it (and retry) after a wait."""
+        self.store.failure = f"{type(exc).__name__}: {exc}"
+        self._store_broken = True
+        if not self._outage:
+            self._outage = True
+            log.error(
+                "scheduler: its store refused a write (%s); scheduling stops, and "
+                "resumes by itself once the store takes writes again",
+                self.store.failure,
+            )
+
+    def _store_works(self) -> None:
+        """A store write went through: an outage, if there was one, is over."""
+        if self._outage:
+            self._outage = False
+            log.warning("scheduler: the store takes writes again; scheduling resumes")
+        self.store.failure = None
+
+    # -- opening and closing partitions
+
+    def _reopen(self) -> None:
+        """Give up every open transaction and open the partitions again (after a backoff)."""
+        self._failures += 1
+        self._wanted_version += 1
+
+    async def _settle(self, consumer: AIOKafkaConsumer) -> None:
+        version, wanted = self._wanted_version, self._wanted
+        await self._close_all(commit=not self._failures)
+        consumer.assign([])
+        if self._failures and wanted:
+            self._changed.clear()
+            await wait_for_event(self._changed, reopen_backoff(self._failures))
+            if self._stopping or version != self._wanted_version:
+                return
+        if self._store_broken:
+            self._store_broken = False
+            self.store.reopen()
+        if wanted:
+            self._opening = True
+            try:
+                await self._open(consumer, wanted, version)
+            except Superseded:
+                await self._close_all(commit=False)
+                return
+            except TRANSACTION_ERRORS as exc:
+                self._failure_log.report(
+                    "open", exc, f"scheduler: opening partitions {sorted(wanted)} failed"
+                )
+                await self._close_all(commit=False)
+                self._failures += 1
+                return
+            except Exception as exc:  # RocksDB could not open or write: a disk problem
+                self._store_failed(exc)
+                await self._close_all(commit=False)
+                self._failures += 1
+                return
+            finally:
+                self._opening = False
+        self._open_version = version
+        if self.ready:
+            self._settled.set()
+            log.info("scheduler: scheduling partitions %s", sorted(wanted))
+
+    async def _open(self, consumer: AIOKafkaConsumer, wanted: frozenset[int], version: int) -> None:
+        settings = self.runtime.settings
+        topics = settings.topics
+        # no linger: a dispatch's transaction commits at once, and waits for nothing
+        outputs = (topics.events, topics.dispatch, topics.scheduler_events, self.changelog)
+        producers = await start_fencing(settings, "scheduler", wanted, 0, outputs)
+        try:
+            stores = {p: self.store.database(p) for p in wanted}
+            await restore_from_changelog(
+                settings,
+                self.changelog,
+                stores,
+                lambda: self._wanted_version != version or self._stopping,
+                self.store.wipe,
+            )
+            self._store_works()
+            tps = [
+                TopicPartition(t, p) for p in sorted(wanted) for t in (topics.ready, topics.signals)
+            ]
+            consumer.assign(tps)
+            committed = {tp: await consumer.committed(tp) for tp in tps}
+            never = [
+                p
+                for p in sorted(wanted)
+                if stores[p].checkpoint == 0
+                and all(committed[tp] is None for tp in tps if tp.partition == p)
+            ]
+            adopted = await self._adopt_earlier_version(never, stores, committed) if never else []
+            starts: dict[TopicPartition, int] = {}
+            for tp in tps:
+                offset = committed[tp]
+                if offset is None:
+                    await consumer.seek_to_beginning(tp)
+                    starts[tp] = await consumer.position(tp)
+                else:
+                    consumer.seek(tp, offset)
+                    starts[tp] = offset
+            for partition in sorted(wanted):
+                offsets = {tp: starts[tp] for tp in tps if tp.partition == partition}
+                lane = _Lane(partition, producers[partition], stores[partition], offsets)
+                self._load(lane)
+                if partition in adopted:
+                    await self._begin(lane)  # the first commit writes it all to the changelog
+                self._lanes[partition] = lane
+                self.store.open[partition] = lane.store
+        except BaseException:
+            for partition, producer in producers.items():
+                if partition not in self._lanes:
+                    await stop_quietly(producer)
+            raise
+
+    async def _adopt_earlier_version(
+        self,
+        partitions: list[int],
+        stores: dict[int, PartitionStore],
+        committed: dict[TopicPartition, int | None],
+    ) -> list[int]:
+        """Take over what the scheduler of an earlier version left for ``partitions``.
+
+        That scheduler kept its queues and windows in faust tables and its input offsets in
+        faust's consumer group. For a partition this scheduler never committed, the tables'
+        changelogs are read into the store (uncommitted: the first commit writes them to this
+        scheduler's changelog) and the group's offsets become the starting points (in
+        ``committed``), so an upgrade neither drops queued tasks nor dispatches the whole
+        history of ``task.ready`` again. Returns the partitions that had such state.
+        """
+        settings = self.runtime.settings
+        app_id = settings.orchestrator_id
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(app_id)
+            topics = set(await admin.list_topics())
+        finally:
+            await admin.close()
+        adopted = set()
+        for tp, position in offsets.items():
+            if tp in committed and tp.partition in partitions and position.offset >= 0:
+                committed[tp] = position.offset
+                adopted.add(tp.partition)
+        changelogs = {
+            f"{app_id}-{table}-changelog": prefix
+            for table, prefix in EARLIER_TABLES.items()
+            if f"{app_id}-{table}-changelog" in topics
+        }
+        if changelogs:
+            adopted |= await self._read_earlier_tables(changelogs, partitions, stores)
+        if adopted:
+            log.warning(
+                "scheduler: partitions %s take over the state and offsets of the scheduler of an "
+                "earlier version (faust tables %s, group %s)",
+                sorted(adopted),
+                ", ".join(EARLIER_TABLES),
+                app_id,
+            )
+        return sorted(adopted)
+
+    async def _read_earlier_tables(
+        self, changelogs: dict[str, bytes], partitions: list[int], stores: dict[int, PartitionStore]
+    ) -> set[int]:
+        """Read the earlier tables' changelogs into the stores; the partitions that had any."""
+        adopted = set()
+        reader = committed_reader(self.runtime.settings)
+        await reader.start()
+        try:
+            for changelog, prefix in changelogs.items():
+                tps = [TopicPartition(changelog, p) for p in partitions]
+                reader.assign(tps)
+                ends = await reader.end_offsets(tps)
+                await reader.seek_to_beginning(*tps)
+                todo = {tp for tp in tps if ends[tp] > 0}
+                while todo:
+                    for tp, records in (await reader.getmany(*todo, timeout_ms=500)).items():
+                        for record in records:
+                            if record.key is None:
+                                continue
+                            key = prefix + record.key
+                            if record.value is None:
+                                stores[tp.partition].uncommitted.pop(key, None)
+                            else:
+                                stores[tp.partition].put(key, record.value)
+                    for tp in list(todo):
+                        if await reader.position(tp) >= ends[tp]:
+                            todo.discard(tp)
+                            if stores[tp.partition].uncommitted:
+                                adopted.add(tp.partition)
+        finally:
+            await reader.stop()
+        return adopted
+
+    async def _close_all(self, commit: bool) -> None:
+        """Close every open partition, committing its transaction first if ``commit``."""
+        if not self._lanes:
+            return
+        async with self.lock:
+            lanes = list(self._lanes.values())
+            if commit:
+                for lane in lanes:
+                    if lane.in_transaction:
+                        await self._commit(lane)
+            self._lanes = {}
+            self.store.open.clear()
+            for lane in lanes:
+                lane.store.discard()
+        await asyncio.gather(*(stop_quietly(lane.producer) for lane in lanes))
+
+    # -- helpers
+
+    def _partition_of(self, platform: str) -> int:
+        return partition_of(platform.encode(), self.runtime.settings.partitions)
+
+    def _clock(self) -> int:
+        """The schedulers' clock: now plus the lead (a dispatch now counts at its not_before)."""
+        return _now_ms() + self.lead_ms
 
 
-def register(runtime: Runtime) -> SchedulerService:
-    """Add the scheduler agent and its tick timer to ``runtime.app``."""
+def register(runtime: Runtime, executor: Executor) -> SchedulerService:
+    """Add the scheduler to ``runtime.app``: its service, and the hooks that follow the
+    assignment (faust's group places the partitions; the scheduler reads them itself)."""
     app = runtime.app
-    service = SchedulerService(runtime)
-    gate = transactions.gate_of(app)
+    service = SchedulerService(runtime, executor)
+    topics = runtime.settings.topics
+    placement.place_only(app, topics.ready, topics.signals)
     source = app.topic(
-        runtime.settings.topics.ready,
-        runtime.settings.topics.signals,
+        topics.ready,
+        topics.signals,
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
@@ -403,197 +779,31 @@ def register(runtime: Runtime) -> SchedulerService:
         partitions=runtime.settings.partitions,
     )
 
+    # faust subscribes to both topics so its assignor places their partitions (and routes
+    # /limits/{platform}); its consumer never fetches them (streams.placement)
     @app.agent(source, name="scheduler", concurrency=1)
-    async def schedule(stream: StreamT[Any]) -> None:
+    async def owns_ready(stream: Any) -> None:
         async for event in stream.events():
-            tp = event.message.tp
-            service.taken[tp] = event.message.offset
-            async with gate.lock:
-                await _process(service, event)
-                await stream.ack(event)  # with its outputs, in the same transaction
-            service.done[tp] = event.message.offset
-            # a refused store write (a full disk): stop here, between two records
-            await service.wait_for_stores()
-
-    @app.timer(interval=STORE_RETRY_S, name="scheduler-store-retry")  # type: ignore[untyped-decorator]
-    async def retry_stores() -> None:
-        # a write refused outside a record (faust's offset write at a commit) while the agent
-        # is idle: retried here; while the agent waits, it retries itself
-        if service.resumed.is_set():
-            service.retry_stores()
-
-    @app.timer(interval=0.02, name="scheduler-ticks")  # type: ignore[untyped-decorator]
-    async def ticks() -> None:
-        if not app.rebalancing:
-            await service.send_due_ticks()
+            log.error(
+                "faust delivered %s[%d] to the scheduler",
+                event.message.topic,
+                event.message.partition,
+            )
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
-    async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
-        service.forget()
-        for tp in revoked:
-            service.taken.pop(tp, None)
-            service.done.pop(tp, None)
+    async def close_partitions(app: Any, revoked: Any, **kwargs: Any) -> None:
+        await service.revoke()
 
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def open_partitions(app: Any, assigned: Any, **kwargs: Any) -> None:
+        service.assign(frozenset(tp.partition for tp in assigned if tp.topic == topics.ready))
+
+    app.service(service)  # type: ignore[arg-type]
     return service
 
 
-async def _process(service: SchedulerService, event: EventT[Any]) -> None:
-    message = event.message
-    outbox = _Outbox(service.runtime, event)
-    try:
-        if message.topic == service.runtime.settings.topics.ready:
-            ready = decode_ready(message.value or b"")
-            platform = ready.platform
-            _enqueue(service, ready)
-        else:
-            signal = decode_signal(message.value or b"")
-            platform = signal.platform
-            await _on_signal(service, outbox, signal)
-    except SchemaError as exc:
-        log.warning(
-            "scheduler skipped an undecodable record %s[%d]@%d: %s",
-            message.topic,
-            message.partition,
-            message.offset,
-            exc,
-        )
-        return
-    await _run(service, outbox, platform)
-
-
-def _enqueue(service: SchedulerService, ready: ReadyToSchedule) -> None:
-    if handlers.handler_for(ready.task_type) is None:
-        return  # no executor for this type here: the caller drives it (start_task, ...)
-    task = QueuedTask(
-        ready.task_id,
-        ready.task_type,
-        ready.target,
-        ready.priority,
-        ready.attempt,
-        ready.ready_at_ms,
-        ready.timeout_ms,
-        ready.ready_id,
-    )
-    if service.scheduler_for(ready.platform).enqueue(task):
-        service.queue[_queue_key(ready.platform, ready.task_id)] = json.dumps(
-            task.as_dict()
-        ).encode()
-
-
-async def _on_signal(service: SchedulerService, outbox: _Outbox, signal: SchedulerSignal) -> None:
-    scheduler = service.scheduler_for(signal.platform)
-    payload = signal.payload
-    if isinstance(payload, TaskReleased):
-        if scheduler.remove(payload.task_id):
-            service.queue.pop(_queue_key(signal.platform, payload.task_id), None)
-        change = scheduler.release(
-            payload.task_id, payload.completed, payload.throttled_ms, _now_ms()
-        )
-        if change is not None:
-            record = RateChangeRecord(
-                change.platform, _now_ms(), change.old_factor, change.new_factor, change.cause
-            )
-            log.info(
-                "platform %s rate factor %.2f -> %.2f (%s)",
-                change.platform,
-                change.old_factor,
-                change.new_factor,
-                change.cause,
-            )
-            await outbox.send(
-                service.runtime.settings.topics.scheduler_events,
-                signal.platform,
-                encode_rate_change(record),
-            )
-    elif isinstance(payload, PlatformPaused):
-        scheduler.pause(payload.until_ms)
-
-
-async def _run(service: SchedulerService, outbox: _Outbox, platform: str) -> None:
-    scheduler = service.scheduler_for(platform)
-    now_ms = _now_ms()
-    dispatched, deferrals = scheduler.run(now_ms, service.overall_free())
-    for task in dispatched:
-        service.queue.pop(_queue_key(platform, task.task_id), None)
-        dispatch_id = derived_event_id(task.ready_id or task.task_id, task.attempt, "dispatched")
-        event = Event(
-            dispatch_id,
-            task.task_id,
-            now_ms,
-            Source.SCHEDULER,
-            TaskDispatched(),
-        )
-        await outbox.send(service.runtime.settings.topics.events, task.task_id, encode_event(event))
-        go = Dispatch(
-            dispatch_id,
-            task.task_id,
-            platform,
-            task.task_type,
-            task.target,
-            task.attempt,
-            task.timeout_ms,
-            now_ms,
-        )
-        await outbox.send(
-            service.runtime.settings.topics.dispatch, task.task_id, encode_dispatch(go)
-        )
-    for deferral in deferrals:
-        held = deferral.hold
-        payload = TaskDeferred(str(held.reason), held.detail, held.until_ms or 0)
-        event = Event(
-            derived_event_id(deferral.ready_id or deferral.task_id, "deferred"),
-            deferral.task_id,
-            now_ms,
-            Source.SCHEDULER,
-            payload,
-        )
-        await outbox.send(
-            service.runtime.settings.topics.events, deferral.task_id, encode_event(event)
-        )
-    service.platforms[platform.encode("utf-8")] = json.dumps(scheduler.snapshot()).encode()
-    _plan_wakeups(service, platform, scheduler, now_ms)
-
-
-def _plan_wakeups(
-    service: SchedulerService, platform: str, scheduler: PlatformScheduler, now_ms: int
-) -> None:
-    """Note when the platform must look again, and wake platforms an overall slot now lets go."""
-    hold = scheduler.hold(now_ms, service.overall_free())
-    reason = str(hold.reason) if hold is not None and scheduler.pending else None
-    service.runtime.metrics.observe_scheduler(scheduler, now_ms, reason)
-    wakeup = scheduler.wakeup_ms(now_ms)
-    if hold is not None and hold.reason is HoldReason.CONCURRENCY and hold.until_ms is None:
-        wakeup = None  # a released slot will bring a signal
-    if wakeup is None:
-        service.wakeups.pop(platform, None)
-    else:
-        service.wakeups[platform] = wakeup
-    if service.overall_free() is not None:
-        for other, other_scheduler in service.schedulers.items():
-            free = service.overall_free()
-            if (
-                other != platform
-                and other_scheduler.pending
-                and other_scheduler.hold(now_ms, free) is None
-            ):
-                service.wakeups[other] = now_ms
-
-
-class _Outbox:
-    """Sends records inside the transaction of the partition the current record came from."""
-
-    def __init__(self, runtime: Runtime, event: EventT[Any]) -> None:
-        self._app = runtime.app
-        self._transaction = transactions.transactional_id_for(runtime.app, event)
-
-    async def send(self, topic: str, key: str, value: bytes) -> None:
-        await self._app.producer.send(
-            topic, key.encode("utf-8"), value, None, None, None, transactional_id=self._transaction
-        )
-
-
 def _queue_key(platform: str, task_id: str) -> bytes:
-    return f"{platform}{_SEP}{task_id}".encode()
+    return QUEUE_KEY + f"{platform}\x1f{task_id}".encode()
 
 
 def _now_ms() -> int:

@@ -47,6 +47,16 @@ class RateLimit:
         """Width of one bucket of this window's log."""
         return max(1, self.period_ms // BUCKETS_PER_PERIOD)
 
+    def widened(self, slot_ms: int) -> RateLimit:
+        """The window the scheduler counts so that handler *starts* keep this one, when each
+        start may come up to ``slot_ms`` after its dispatch: the same calls over
+        ``period_ms + slot_ms``.
+
+        Starts in any ``[t, t + period)`` were dispatched in ``[t - slot, t + period)``, an
+        interval of the widened length, which holds at most ``calls`` dispatches.
+        """
+        return RateLimit(self.calls, self.period_ms + slot_ms)
+
 
 @dataclass(frozen=True)
 class WindowLog:

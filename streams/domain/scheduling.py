@@ -10,6 +10,13 @@ A task is dispatched only when the platform is not paused, its in-flight count i
 (and the caller's overall cap), and every rate-limit window has room (see ``limits``). When the
 queue's head must wait, :meth:`PlatformScheduler.hold` says why and until when.
 
+The limits hold at the handler *call*, not at the decision: a dispatch is recorded at its
+``not_before`` time and its handler may start only within its :class:`StartSlot`,
+``[not_before, not_before + slot_ms]``; a go-ahead that comes later is given back (the task is
+released without starting, its dispatch still counted). Every window is counted as if its period
+were ``period + slot_ms`` (:meth:`~streams.domain.limits.RateLimit.widened`), so no interval of
+the configured period ever holds more than its calls in starts.
+
 This is pure code: time comes in as ``now_ms``; the class mutates only itself.
 """
 
@@ -98,40 +105,103 @@ class RateChanged:
     cause: str
 
 
-class PlatformScheduler:
-    """Queue, in-flight set, window logs, pause and rate factor of one platform."""
+@dataclass(frozen=True)
+class StartSlot:
+    """When the handler of one dispatch may start: from the time its dispatch was recorded at
+    (``not_before_ms``, never earlier: the executor waits until then) to ``not_after_ms``
+    (a go-ahead that comes later is given back). Both ends are included."""
 
-    def __init__(self, limits: PlatformLimits, ageing_ms: int = DEFAULT_AGEING_MS) -> None:
+    not_before_ms: int
+    not_after_ms: int
+
+    def allows(self, start_ms: int) -> bool:
+        """Whether a handler may start at ``start_ms``."""
+        return self.not_before_ms <= start_ms <= self.not_after_ms
+
+    def start_ms(self, go_ahead_ms: int) -> int | None:
+        """When a handler whose go-ahead arrives at ``go_ahead_ms`` starts (it waits for
+        ``not_before_ms`` if early), or None if the go-ahead came too late and is given back."""
+        start = max(self.not_before_ms, go_ahead_ms)
+        return start if self.allows(start) else None
+
+
+def start_slot(not_before_ms: int, slot_ms: int) -> StartSlot:
+    """The start slot of a dispatch recorded at ``not_before_ms`` by a scheduler whose windows
+    were widened by ``slot_ms`` (:attr:`PlatformScheduler.slot_ms`)."""
+    if slot_ms < 0:
+        raise ValueError(f"slot_ms must be >= 0, not {slot_ms}")
+    return StartSlot(not_before_ms, not_before_ms + slot_ms)
+
+
+class PlatformScheduler:
+    """Queue, in-flight set, window logs, pause and rate factor of one platform.
+
+    ``limits`` is the platform's configuration; ``slot_ms`` how long after its recorded dispatch
+    a handler may still start (:class:`StartSlot`). The windows are counted and checked as
+    :attr:`windows`, each configured one widened by the slot.
+    """
+
+    def __init__(
+        self, limits: PlatformLimits, ageing_ms: int = DEFAULT_AGEING_MS, slot_ms: int = 0
+    ) -> None:
+        if slot_ms < 0:
+            raise ValueError(f"slot_ms must be >= 0, not {slot_ms}")
         self.limits = limits
         self.ageing_ms = ageing_ms
+        self.slot_ms = slot_ms
+        self.windows: tuple[RateLimit, ...] = tuple(w.widened(slot_ms) for w in limits.limits)
+        """The configured windows as counted: each period lengthened by ``slot_ms``."""
         self.in_flight: set[str] = set()
-        self.logs: list[WindowLog] = [WindowLog() for _ in limits.limits]
+        self.dispatched_readiness: dict[str, str] = {}
+        """Per task in flight, the ``ready_id`` it was dispatched under (if known)."""
+        self.logs: list[WindowLog] = [WindowLog() for _ in self.windows]
         self.paused_until_ms = 0
         self.rate_factor = 1.0
         self.last_answer_throttled = False
         self._queue: list[tuple[int, str]] = []
         self._tasks: dict[str, QueuedTask] = {}
         self._not_yet_deferred: list[str] = []
+        self._parked: dict[str, QueuedTask] = {}
+        """Next readinesses of tasks still in flight: queued when their slot is released."""
 
     # -- the queue ------------------------------------------------------------------------
 
     def enqueue(self, task: QueuedTask) -> bool:
-        """Add a ready task; False if it is already queued or running (a repeated record)."""
-        if task.task_id in self._tasks or task.task_id in self.in_flight:
+        """Add a ready task; False if it is already queued, or is the readiness in flight.
+
+        A *next* readiness of a task still in flight (its retry, read before the release of
+        the attempt before it: ``task.ready`` and the releases come on two topics) is kept
+        apart and queued when that release comes, never dispatched beside the attempt still
+        holding its slot. Returns True when the task is kept (queued or set apart).
+        """
+        task_id = task.task_id
+        if task_id in self._tasks or task_id in self._parked:
             return False
-        self._tasks[task.task_id] = task
-        heapq.heappush(self._queue, (task.rank(self.ageing_ms), task.task_id))
-        self._not_yet_deferred.append(task.task_id)
+        if task_id in self.in_flight:
+            dispatched = self.dispatched_readiness.get(task_id)
+            if not task.ready_id or dispatched is None or task.ready_id == dispatched:
+                return False  # the readiness that was dispatched, read again
+            self._parked[task_id] = task
+            return True
+        self._queue_up(task)
         return True
 
     def restore(self, task: QueuedTask) -> None:
         """Re-add a task that was queued before a restart (already deferred once)."""
-        if self.enqueue(task):
-            self._not_yet_deferred.pop()
+        if self.enqueue(task) and task.task_id in self._tasks:
+            self._not_yet_deferred.remove(task.task_id)
 
     def remove(self, task_id: str) -> bool:
         """Drop a queued task (cancelled elsewhere); True if it was queued."""
-        return self._tasks.pop(task_id, None) is not None
+        return (
+            self._tasks.pop(task_id, None) is not None
+            or self._parked.pop(task_id, None) is not None
+        )
+
+    def _queue_up(self, task: QueuedTask) -> None:
+        self._tasks[task.task_id] = task
+        heapq.heappush(self._queue, (task.rank(self.ageing_ms), task.task_id))
+        self._not_yet_deferred.append(task.task_id)
 
     @property
     def pending(self) -> int:
@@ -139,8 +209,10 @@ class PlatformScheduler:
         return len(self._tasks)
 
     def queued(self) -> list[QueuedTask]:
-        """The queued tasks in dispatch order (for inspection; O(n log n))."""
-        return sorted(self._tasks.values(), key=lambda t: (t.rank(self.ageing_ms), t.task_id))
+        """The queued tasks in dispatch order, then the next readinesses set apart until their
+        task's slot is released (for inspection and storage; O(n log n))."""
+        order = sorted(self._tasks.values(), key=lambda t: (t.rank(self.ageing_ms), t.task_id))
+        return [*order, *sorted(self._parked.values(), key=lambda t: t.task_id)]
 
     # -- decisions --------------------------------------------------------------------------
 
@@ -148,6 +220,10 @@ class PlatformScheduler:
         self, now_ms: int, overall_free: int | None = None
     ) -> tuple[list[QueuedTask], list[Deferral]]:
         """Dispatch every task the limits allow now, in order; return them and new deferrals.
+
+        Each dispatch is recorded at ``now_ms``: the ``not_before`` of its :class:`StartSlot`.
+        A caller whose go-aheads take up to ``lead`` to reach the executor passes the time of
+        the decision plus ``lead``.
 
         Args:
             overall_free: slots left under the overall cap shared with other platforms
@@ -172,9 +248,9 @@ class PlatformScheduler:
             return Hold(HoldReason.CONCURRENCY, f"{len(self.in_flight)} of {cap} running")
         if overall_free is not None and overall_free <= 0:
             return Hold(HoldReason.OVERALL_CONCURRENCY, "max_concurrent_tasks reached")
-        for limit, log in zip(self.limits.limits, self.logs, strict=True):
+        for limit, window, log in zip(self.limits.limits, self.windows, self.logs, strict=True):
             allowed = effective_calls(limit, self.rate_factor)
-            until = next_allowed_ms(log, limit, allowed, now_ms)
+            until = next_allowed_ms(log, window, allowed, now_ms)
             if until > now_ms:
                 detail = f"{allowed} calls per {limit.period_ms / 1000:g} s used"
                 return Hold(HoldReason.RATE_LIMIT, detail, until)
@@ -193,9 +269,14 @@ class PlatformScheduler:
         """A dispatched attempt ended: free its slot; adapt the rate to the platform's answer.
 
         A "rate limited" answer pauses the platform for ``throttled_ms``; if the previous answer
-        was one too, the rate factor is halved. A success raises it by a step.
+        was one too, the rate factor is halved. A success raises it by a step. A next
+        readiness of the task that came before this release is queued now.
         """
         self.in_flight.discard(task_id)
+        self.dispatched_readiness.pop(task_id, None)
+        parked = self._parked.pop(task_id, None)
+        if parked is not None:
+            self._queue_up(parked)
         old, cause = self.rate_factor, ""
         if throttled_ms > 0:
             self.paused_until_ms = max(self.paused_until_ms, now_ms + throttled_ms)
@@ -218,23 +299,28 @@ class PlatformScheduler:
         self.paused_until_ms = until_ms
 
     def status(self, now_ms: int) -> dict[str, Any]:
-        """The platform's limit status: windows (remaining, reset), pause, in flight, pending."""
+        """The platform's limit status: windows (remaining, reset), pause, in flight, pending.
+
+        Each window shows its configured ``calls`` and ``period_s``; what remains and when the
+        next call may go are counted over the period widened by ``start_slot_ms``.
+        """
         windows = []
-        for limit, log in zip(self.limits.limits, self.logs, strict=True):
+        for limit, window, log in zip(self.limits.limits, self.windows, self.logs, strict=True):
             allowed = effective_calls(limit, self.rate_factor)
             windows.append(
                 {
                     "calls": limit.calls,
                     "period_s": limit.period_ms / 1000,
                     "effective_calls": allowed,
-                    "remaining": remaining_calls(log, limit, allowed, now_ms),
-                    "next_call_at_ms": next_allowed_ms(log, limit, allowed, now_ms),
+                    "remaining": remaining_calls(log, window, allowed, now_ms),
+                    "next_call_at_ms": next_allowed_ms(log, window, allowed, now_ms),
                 }
             )
         hold = self.hold(now_ms)
         return {
             "platform": self.limits.platform,
             "windows": windows,
+            "start_slot_ms": self.slot_ms,
             "max_concurrent": self.limits.max_concurrent,
             "in_flight": len(self.in_flight),
             "pending": self.pending,
@@ -250,19 +336,20 @@ class PlatformScheduler:
     def snapshot(self) -> dict[str, Any]:
         """Everything but the queue (which is stored task by task), JSON-ready.
 
-        Each window's log is saved with the window (``calls``, ``period_ms``): a log means
-        nothing without its period (its bucket width and what it may have dropped), and the
-        configuration may change before it is loaded.
+        Each window's log is saved with the window as counted (``calls``, ``period_ms``, the
+        slot included): a log means nothing without its period (its bucket width and what it may
+        have dropped), and the configuration, slot included, may change before it is loaded.
         """
         return {
             "in_flight": sorted(self.in_flight),
+            "dispatched_readiness": dict(sorted(self.dispatched_readiness.items())),
             "windows": [
                 {
-                    "calls": limit.calls,
-                    "period_ms": limit.period_ms,
+                    "calls": window.calls,
+                    "period_ms": window.period_ms,
                     "buckets": [list(b) for b in log.buckets],
                 }
-                for limit, log in zip(self.limits.limits, self.logs, strict=True)
+                for window, log in zip(self.windows, self.logs, strict=True)
             ],
             "paused_until_ms": self.paused_until_ms,
             "rate_factor": self.rate_factor,
@@ -272,12 +359,20 @@ class PlatformScheduler:
     def load(self, snapshot: dict[str, Any], now_ms: int | None = None) -> LoadReport:
         """Restore what :meth:`snapshot` saved; return what became of each window's log.
 
-        Logs are matched to the configured windows by period, never by position, so a changed
-        configuration never makes a window count too few of the dispatches that were saved:
-        see :func:`~streams.domain.limits.restore_logs`. A snapshot of the old format (``logs``:
-        a list of logs without their windows) is read with
+        Logs are matched to the windows as counted (:attr:`windows`) by period, never by
+        position, so a changed configuration never makes a window count too few of the
+        dispatches that were saved: see :func:`~streams.domain.limits.restore_logs`. A snapshot
+        of the old format (``logs``: a list of logs without their windows) is read with
         :func:`~streams.domain.limits.restore_old_format_logs`. The report is for the caller to
         log (the core logs nothing); ``report.changed`` says whether it is worth a line.
+
+        A changed ``slot_ms`` is a changed period like any other, and the report names the
+        widened windows. A longer slot is reported ``PARTIAL``, yet starts still keep every
+        window: the dispatches the saved logs no longer hold are older than the saved widened
+        period, so their handlers started (or were given back) before any interval the new
+        dispatches' starts can share. A shorter slot counts every saved dispatch over the
+        shorter widened period, which does not cover a handler of the old slot that starts late
+        after the load: shorten the slot only when no go-ahead of the old one is outstanding.
 
         Args:
             now_ms: the time of the load, if known. No saved dispatch is later, so a log rebuilt
@@ -285,15 +380,20 @@ class PlatformScheduler:
                 format, whose bucket widths are unknown).
         """
         self.in_flight = set(snapshot.get("in_flight", ()))
+        self.dispatched_readiness = {
+            str(task_id): str(ready_id)
+            for task_id, ready_id in snapshot.get("dispatched_readiness", {}).items()
+            if task_id in self.in_flight
+        }
         if "windows" not in snapshot and "logs" in snapshot:
             old = [_window_log(buckets) for buckets in snapshot["logs"]]
-            self.logs, report = restore_old_format_logs(old, self.limits.limits, now_ms)
+            self.logs, report = restore_old_format_logs(old, self.windows, now_ms)
         else:
             saved = [
                 (RateLimit(int(w["calls"]), int(w["period_ms"])), _window_log(w["buckets"]))
                 for w in snapshot.get("windows", ())
             ]
-            self.logs, report = restore_logs(saved, self.limits.limits, now_ms)
+            self.logs, report = restore_logs(saved, self.windows, now_ms)
         self.paused_until_ms = int(snapshot.get("paused_until_ms", 0))
         self.rate_factor = float(snapshot.get("rate_factor", 1.0))
         self.last_answer_throttled = bool(snapshot.get("last_answer_throttled", False))
@@ -318,9 +418,11 @@ class PlatformScheduler:
 
     def _record(self, task: QueuedTask, now_ms: int) -> None:
         self.in_flight.add(task.task_id)
+        if task.ready_id:
+            self.dispatched_readiness[task.task_id] = task.ready_id
         self.logs = [
-            record_dispatch(log, limit, now_ms)
-            for limit, log in zip(self.limits.limits, self.logs, strict=True)
+            record_dispatch(log, window, now_ms)
+            for window, log in zip(self.windows, self.logs, strict=True)
         ]
 
     def _deferrals(self, now_ms: int, overall_free: int | None, used: int) -> list[Deferral]:

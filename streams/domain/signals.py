@@ -51,10 +51,14 @@ class SchedulerSignal:
 
 @dataclass(frozen=True)
 class Dispatch:
-    """Run attempt ``attempt`` of the task now, within ``timeout_ms``.
+    """Run attempt ``attempt`` of the task within its start slot, and within ``timeout_ms``.
 
     ``dispatch_id`` is the id of the matching ``TaskDispatched`` event: unique per dispatch
-    (an attempt answered "rate limited" is dispatched again under the same number).
+    (an attempt answered "rate limited" is dispatched again under the same number). The
+    handler starts in ``[not_before_ms, not_after_ms]`` or not at all (the go-ahead is given
+    back): the rate-limit windows count the dispatch at ``not_before_ms`` and are checked
+    as if each period were longer by the slot's width (docs/rate-limits.md). A go-ahead of
+    the first version has no slot (both 0).
     """
 
     dispatch_id: str
@@ -65,6 +69,8 @@ class Dispatch:
     attempt: int
     timeout_ms: int
     dispatched_at_ms: int
+    not_before_ms: int = 0
+    not_after_ms: int = 0
 
 
 @dataclass(frozen=True)

@@ -113,10 +113,13 @@ async def test_rate_limits_hold_in_every_rolling_window_and_the_run_is_near_the_
     print(
         f"rate limits: worst windows {worst} (limits 20/1s, 50/5s); "
         f"span {span} ms, fastest {fastest} ms; "
-        f"achieved {299_000 / span:.2f}/s vs allowed {299_000 / fastest:.2f}/s"
+        f"achieved {299_000 / span:.2f}/s vs allowed {299_000 / fastest:.2f}/s; "
+        f"{len(dispatched) - 300} go-aheads given back"
     )
     assert {s["status"] for s in statuses.values()} == {"completed"}
-    assert len(dispatched) == 300
+    # a go-ahead that reached its handler past its start slot was given back and dispatched
+    # again: each dispatch counts in the windows, so every one of them is checked
+    assert len(dispatched) >= 300
     assert worst[1_000] <= 20 and worst[5_000] <= 50, worst
     assert span <= fastest * 1.2, (span, fastest)
 

@@ -21,11 +21,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
-import faust
 import pytest
-from faust.types import TP
 
-from streams.agents import scheduler as scheduler_agent
 from streams.client import SmartScheduler, TaskManager
 from streams.errors import InfrastructureError
 from streams.process import WorkerProcess, free_port, start_worker
@@ -196,7 +193,7 @@ async def test_a_worker_whose_disk_fills_up_stops_says_why_and_resumes_by_itself
                 reasons = answer[1].get("reasons", [])
                 return all(
                     any(r.startswith(f"store write failed ({store})") for r in reasons)
-                    for store in ("tasks table", "scheduler tables")
+                    for store in ("tasks table", "scheduler store")
                 )
 
             status, body = await _until(
@@ -215,7 +212,7 @@ async def test_a_worker_whose_disk_fills_up_stops_says_why_and_resumes_by_itself
                 STALL_S + 30,
             )
             # one line each says why (no traceback storm, no crash loop)
-            scheduler_says = _log_lines(worker, log_start, "scheduler: its tables' store refused")
+            scheduler_says = _log_lines(worker, log_start, "scheduler: its store refused")
             fold_says = _log_lines(worker, log_start, "the task database refused a write")
             assert len(scheduler_says) == 1, scheduler_says
             assert "No space left on device" in scheduler_says[0]
@@ -243,40 +240,3 @@ async def test_a_worker_whose_disk_fills_up_stops_says_why_and_resumes_by_itself
         assert worker.stop() == 0, worker.log_tail()
     finally:
         worker.stop()  # before the tmpfs is unmounted
-
-
-def test_the_scheduler_store_keeps_refused_writes_readable_and_writes_them_later(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """No broker: the scheduler tables' store on a disk that fails (the fault injection)."""
-    app = faust.App("store-test", store="rocksdb://", datadir=str(tmp_path), autodiscover=False)
-    table = scheduler_agent._Table(app, name="t", partitions=2, beacon=app.tables.beacon)
-    store = table.data
-    assert isinstance(store, scheduler_agent.SchedulerStore)
-    tp = TP(table.changelog_topic_name, 0)
-    store._write(0, [(b"a", b"1")])
-    store.set_persisted_offset(tp, 10)
-    full = tmp_path / "full"
-    monkeypatch.setenv(FAULT_DISK_FULL_ENV, str(full))
-    full.touch()
-
-    store._write(0, [(b"b", b"2"), (b"a", None)])
-    store.set_persisted_offset(tp, 12)
-    assert store.failure is not None and "No space left on device" in store.failure
-    # reads see the refused writes; RocksDB has none of them
-    assert (store._get(b"a"), store._get(b"b"), store._contains(b"a")) == (None, b"2", False)
-    assert store.persisted_offset(tp) == 12
-    assert (store._dbs[0].get(b"a"), store._dbs[0].get(b"b")) == (b"1", None)
-    assert not store.retry()  # still full
-
-    full.unlink()
-    assert store.retry()
-    assert store.failure is None and store.refused == {}
-    db = store._dbs[0]  # reopened
-    assert (db.get(b"a"), db.get(b"b"), store.persisted_offset(tp)) == (None, b"2", 12)
-
-    # refused writes of a partition given up are dropped: its next owner restores the changelog
-    full.touch()
-    store._write(1, [(b"c", b"3")])
-    store.revoke_partitions(table, {TP(table.changelog_topic_name, 1)})
-    assert store.refused == {} and store.failure is None

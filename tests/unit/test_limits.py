@@ -59,6 +59,12 @@ def test_bucket_width_is_a_two_hundredth_of_the_period_and_at_least_one_ms() -> 
     assert RateLimit(1, 1).bucket_ms == 1
 
 
+def test_a_window_widened_by_a_start_slot_keeps_its_calls_over_a_longer_period() -> None:
+    assert SECOND.widened(50) == RateLimit(5, 1_050)
+    assert SECOND.widened(0) == SECOND
+    assert MINUTE.widened(200).bucket_ms == 60_200 // BUCKETS_PER_PERIOD
+
+
 def test_effective_calls_scale_down_with_the_rate_factor_but_never_below_one() -> None:
     assert effective_calls(RateLimit(10, 1_000), 1.0) == 10
     assert effective_calls(RateLimit(10, 1_000), 0.55) == 5  # floored: never above the factor

@@ -32,6 +32,8 @@ from streams.domain.scheduling import (
     PlatformScheduler,
     QueuedTask,
     RateChanged,
+    StartSlot,
+    start_slot,
 )
 
 T0 = 1_715_000_040_000  # an epoch time in ms, on a minute: bucket starts look like real ones
@@ -54,7 +56,7 @@ def _ids(tasks: list[QueuedTask]) -> list[str]:
 
 def _restart(s: PlatformScheduler, snapshot: dict[str, Any] | None = None) -> PlatformScheduler:
     """A fresh scheduler from what the adapter stores: the snapshot (as JSON) and the queue."""
-    fresh = PlatformScheduler(s.limits, s.ageing_ms)
+    fresh = PlatformScheduler(s.limits, s.ageing_ms, s.slot_ms)
     fresh.load(json.loads(json.dumps(snapshot or s.snapshot())))
     for task in s.queued():
         fresh.restore(QueuedTask(**json.loads(json.dumps(task.as_dict()))))
@@ -310,6 +312,7 @@ def test_status_reports_windows_caps_pause_and_what_holds() -> None:
                 "next_call_at_ms": T0 + 1_005,
             }
         ],
+        "start_slot_ms": 0,
         "max_concurrent": 3,
         "in_flight": 2,
         "pending": 1,
@@ -410,6 +413,116 @@ def test_a_snapshot_without_logs_starts_every_window_empty() -> None:
     report = s.load({})
     assert s.logs == [WindowLog()] and report.windows[0].action is Restore.EMPTY
     assert (s.paused_until_ms, s.rate_factor, s.last_answer_throttled) == (0, 1.0, False)
+
+
+# -- start slots ----------------------------------------------------------------------------------
+
+
+def _slotted(*limits: RateLimit, slot: int) -> PlatformScheduler:
+    return PlatformScheduler(PlatformLimits("p", limits), slot_ms=slot)
+
+
+def test_a_start_slot_runs_from_the_recorded_dispatch_to_the_slot_after_it() -> None:
+    slot = start_slot(T0, 50)
+    assert slot == StartSlot(T0, T0 + 50)
+    assert [slot.allows(t) for t in (T0 - 1, T0, T0 + 50, T0 + 51)] == [False, True, True, False]
+    assert slot.start_ms(T0 - 30) == T0  # early: the handler waits for not_before
+    assert slot.start_ms(T0 + 20) == T0 + 20
+    assert slot.start_ms(T0 + 50) == T0 + 50
+    assert slot.start_ms(T0 + 51) is None  # too late: given back
+    assert start_slot(T0, 0).start_ms(T0 - 5) == T0
+    with pytest.raises(ValueError, match="slot_ms"):
+        start_slot(T0, -1)
+    with pytest.raises(ValueError, match="slot_ms"):
+        _slotted(SECOND, slot=-1)
+
+
+def test_every_window_is_counted_over_its_period_and_the_slot() -> None:
+    """10 per second with a 50 ms slot: counted as 10 per 1.05 s (buckets of 5 ms)."""
+    s = _slotted(RateLimit(10, 1_000), slot=50)
+    assert s.limits.limits == (RateLimit(10, 1_000),) and s.windows == (RateLimit(10, 1_050),)
+    _dispatch_at(s, *(T0 + 100 * i for i in range(10)))
+    s.enqueue(_task("eleventh", ready=T0 + 950))
+    # the plain window would let it go at T0 + 1_005; the widened one when the bucket
+    # [T0, T0 + 5) leaves the last 1.05 s
+    until = T0 + 5 + 1_050
+    assert s.hold(T0 + 1_005) == Hold(HoldReason.RATE_LIMIT, "10 calls per 1 s used", until)
+    assert s.wakeup_ms(T0 + 1_005) == until
+    assert s.run(until - 1)[0] == []
+    assert _ids(s.run(until)[0]) == ["eleventh"]
+    s.enqueue(_task("twelfth", ready=until))
+    assert s.wakeup_ms(until) == T0 + 100 + 5 + 1_050  # the second bucket's turn
+
+
+def test_a_slot_of_zero_counts_the_configured_windows() -> None:
+    s = _slotted(SECOND, RateLimit(3, 60_000), slot=0)
+    assert s.windows == s.limits.limits and s.slot_ms == 0
+
+
+def test_the_status_shows_the_configured_window_and_the_slot() -> None:
+    s = _slotted(SECOND, slot=50)
+    for name in "abc":
+        s.enqueue(_task(name))
+    s.run(T0)
+    status = s.status(T0 + 1_010)  # the configured second alone would have room again
+    assert status["start_slot_ms"] == 50
+    assert status["windows"] == [
+        {
+            "calls": 2,
+            "period_s": 1.0,
+            "effective_calls": 2,
+            "remaining": 0,
+            "next_call_at_ms": T0 + 1_055,
+        }
+    ]
+    assert status["held_by"] == {
+        "reason": "rate_limit",
+        "detail": "2 calls per 1 s used",
+        "until_ms": T0 + 1_055,
+    }
+
+
+def test_a_snapshot_saves_the_windows_as_counted_and_the_same_slot_keeps_them() -> None:
+    s = _slotted(RateLimit(3, 1_000), slot=100)
+    _dispatch_at(s, T0, T0 + 400, T0 + 1_050)
+    snapshot = json.loads(json.dumps(s.snapshot()))
+    assert [(w["calls"], w["period_ms"]) for w in snapshot["windows"]] == [(3, 1_100)]
+    fresh = _slotted(RateLimit(3, 1_000), slot=100)
+    report = fresh.load(snapshot, T0 + 1_060)
+    assert [w.action for w in report.windows] == [Restore.KEPT] and not report.changed
+    assert fresh.logs == s.logs
+    assert fresh.status(T0 + 1_060) == s.status(T0 + 1_060)
+
+
+def test_a_changed_slot_is_a_changed_period_and_never_counts_too_few() -> None:
+    """3 per second, saved with a 100 ms slot (counted over 1.1 s), dispatches at 0, 400 and
+    1,050 ms. Loaded with no slot, the 1 s window is rebuilt from the 1.1 s log; loaded with a
+    300 ms slot, the 1.3 s window still counts all three (the saved log reaches back 1.1 s)."""
+    before = _slotted(RateLimit(3, 1_000), slot=100)
+    _dispatch_at(before, T0, T0 + 400, T0 + 1_050)
+    snapshot = json.loads(json.dumps(before.snapshot()))
+
+    shorter = _slotted(RateLimit(3, 1_000), slot=0)
+    report = shorter.load(snapshot, T0 + 1_060)
+    assert [(w.window, w.action) for w in report.windows] == [
+        (RateLimit(3, 1_000), Restore.SEEDED),
+        (RateLimit(3, 1_100), Restore.DROPPED),
+    ]
+    for now, exact in [(T0 + 1_060, 2), (T0 + 1_399, 2), (T0 + 1_405, 1), (T0 + 2_055, 0)]:
+        assert count_in_window(shorter.logs[0], RateLimit(3, 1_000), now) >= exact
+
+    longer = _slotted(RateLimit(3, 1_000), slot=300)
+    report = longer.load(snapshot, T0 + 1_060)
+    assert [(w.window, w.action) for w in report.windows] == [
+        (RateLimit(3, 1_300), Restore.PARTIAL),
+        (RateLimit(3, 1_100), Restore.DROPPED),
+    ]
+    assert count_in_window(longer.logs[0], RateLimit(3, 1_300), T0 + 1_060) == 3
+    longer.enqueue(_task("next", ready=T0 + 1_060))
+    until = T0 + 6 + 1_300  # the rebuilt bucket [T0, T0 + 6) leaves the last 1.3 s
+    assert longer.hold(T0 + 1_060) == Hold(HoldReason.RATE_LIMIT, "3 calls per 1 s used", until)
+    assert longer.run(until - 1)[0] == []
+    assert _ids(longer.run(until)[0]) == ["next"]
 
 
 # -- properties -----------------------------------------------------------------------------------
@@ -667,3 +780,50 @@ def test_a_plain_failure_between_two_throttles_means_no_halving() -> None:
     assert scheduler.release("b", False, 0, 20) is None  # a plain failure
     assert scheduler.release("c", False, 100, 30) is None  # not "again": still no halving
     assert scheduler.rate_factor == 1.0
+
+
+# -- a next readiness read before the release of the attempt in flight ---------------------------
+
+
+def _again(task_id: str, ready: int = T0 + 100) -> QueuedTask:
+    """The task's next readiness (its retry): another ``ready_id``."""
+    return QueuedTask(task_id, "t", "target", 1, 1, ready, ready_id=f"r2-{task_id}")
+
+
+def test_a_next_readiness_read_before_the_release_waits_for_it() -> None:
+    s = _scheduler()
+    s.enqueue(_task("a"))
+    assert _ids(s.run(T0)[0]) == ["a"]
+    assert s.enqueue(_again("a"))  # kept: task.ready was read before scheduler.signals
+    assert s.run(T0 + 100) == ([], [])  # never beside the attempt still holding the slot
+    s.release("a", completed=False, throttled_ms=0, now_ms=T0 + 200)
+    dispatched, _ = s.run(T0 + 200)
+    assert [(t.task_id, t.ready_id) for t in dispatched] == [("a", "r2-a")]
+    assert s.in_flight == {"a"} and s.dispatched_readiness == {"a": "r2-a"}
+
+
+def test_the_dispatched_readiness_read_again_is_ignored() -> None:
+    s = _scheduler()
+    s.enqueue(_task("a"))
+    s.run(T0)
+    assert not s.enqueue(_task("a"))
+    s.release("a", completed=True, throttled_ms=0, now_ms=T0 + 10)
+    assert s.run(T0 + 20) == ([], [])
+
+
+def test_a_readiness_set_apart_survives_a_restart_and_can_be_removed() -> None:
+    s = _scheduler()
+    s.enqueue(_task("a"))
+    s.enqueue(_task("b"))
+    s.run(T0)
+    s.enqueue(_again("a"))
+    assert [t.ready_id for t in s.queued()] == ["r2-a"]
+    fresh = _restart(s)
+    assert fresh.dispatched_readiness == {"a": "r-a", "b": "r-b"}
+    assert fresh.run(T0 + 200) == ([], [])
+    fresh.release("a", completed=True, throttled_ms=0, now_ms=T0 + 300)
+    assert _ids(fresh.run(T0 + 300)[0]) == ["a"]
+    fresh.enqueue(_again("b"))
+    assert fresh.remove("b") and fresh.queued() == []
+    fresh.release("b", completed=True, throttled_ms=0, now_ms=T0 + 400)
+    assert fresh.run(T0 + 400) == ([], [])
