@@ -1,28 +1,25 @@
-"""The Faust application: settings, topics, tables, and the agents and views registered on it.
+"""The Faust application and what a worker's agents and views share (:class:`Runtime`).
 
-``create_runtime(settings)`` builds everything one worker runs. Agents and views live in their
-own modules and stay thin: they decode, call the pure core, and encode.
+``streams.worker.build`` (the composition root) creates the runtime and gives each agent and
+view the typed parts it needs. Agents and views live in their own modules and stay thin: they
+decode, call the pure core, and encode. This module imports none of them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import faust
 from faust.types import TopicT
 
 from streams import placement
 from streams.config import Settings
+from streams.domain.timers import DeadlineIndex
 from streams.metrics import Metrics
 from streams.producers import SharedProducer
 from streams.task_store import TaskStore
-
-if TYPE_CHECKING:
-    from streams.agents.timers import DeadlineIndex
 
 
 class ProcessedOffsets:
@@ -114,16 +111,10 @@ class Runtime:
     processed: ProcessedOffsets = field(default_factory=ProcessedOffsets)
     verdicts: Verdicts = field(default_factory=Verdicts)
     """The fold's recent verdicts (refused or applied), for clients that confirm writes."""
-    deadlines: DeadlineIndex = field(default_factory=lambda: _deadline_index())
-    scheduler: Any = None
-    """The worker's ``SchedulerService`` (set by ``create_runtime``)."""
-    fold: Any = None
-    """The worker's ``FoldService`` (set by ``create_runtime``)."""
+    deadlines: DeadlineIndex = field(default_factory=DeadlineIndex)
+    """The next deadline of each task the fold has open (the timer's work list)."""
     metrics: Metrics = field(default_factory=Metrics)
     """The worker's Prometheus metrics."""
-    on_task_ended: Callable[[str, str], None] | None = None
-    """Told (task id, reason) after the commit of a task's terminal transition: the executor
-    cancels the task's handler if it runs here (set by ``streams.agents.executor``)."""
     producer: SharedProducer = field(init=False)
     """The plain producer for records written outside any event (timers, ticks, executors)."""
 
@@ -133,12 +124,6 @@ class Runtime:
     def raw_topic(self, name: str) -> TopicT:
         """A topic of raw bytes keys and values (every codec is applied by hand)."""
         return _raw_topic(self.app, name, self.settings.partitions)
-
-
-def _deadline_index() -> DeadlineIndex:
-    from streams.agents.timers import DeadlineIndex
-
-    return DeadlineIndex()
 
 
 def _raw_topic(app: faust.App, name: str, partitions: int) -> TopicT:
@@ -195,30 +180,11 @@ def create_app(settings: Settings) -> faust.App:
 
 
 def create_runtime(settings: Settings) -> Runtime:
-    """Everything one worker runs: the app, its topics and tables, agents and views."""
-    from streams import web as views
-    from streams.agents import executor, fold, scheduler, timers
-
+    """A worker's app and what its parts share (no agent or view yet)."""
     app = create_app(settings)
-    runtime = Runtime(
+    return Runtime(
         settings=settings,
         app=app,
         events_topic=_raw_topic(app, settings.topics.events, settings.partitions),
         tasks=TaskStore(Path(settings.data_dir) / "tasks", settings.partitions),
     )
-    fold.register(runtime)
-    timers.register(runtime)
-    runner = executor.Executor(runtime)
-    # the fold tells it, after a commit, which tasks ended: a handler still running here stops
-    runtime.on_task_ended = runner.on_task_ended
-    runtime.scheduler = scheduler.register(runtime, runner)
-    # registered last, stopped first: no more dispatches, then the running handlers' grace
-    drain = executor.Drain(runner, runtime.scheduler.stop_dispatching, settings.shutdown_grace)
-    app.service(drain)  # type: ignore[arg-type]
-    views.register(runtime)
-    return runtime
-
-
-def faust_options(runtime: Runtime) -> dict[str, Any]:
-    """Keyword arguments for ``faust.Worker`` running ``runtime``."""
-    return {"loglevel": "info", "quiet": True}

@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from streams.agents.fold import FoldService
+from streams.agents.scheduler import SchedulerService
 from streams.app import Runtime
 
 log = logging.getLogger(__name__)
@@ -110,8 +112,10 @@ def sample_interval(stall_s: float) -> float:
 class HealthCheck:
     """Samples a running worker's fold, scheduler and stores into a :class:`Health`."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, fold: FoldService, scheduler: SchedulerService) -> None:
         self.runtime = runtime
+        self.fold = fold
+        self.scheduler = scheduler
         self.health = Health(runtime.settings.health_stall_s)
         self.lanes: list[Lane] = []
         """The lanes of the last sample (``GET /health`` shows them)."""
@@ -123,7 +127,7 @@ class HealthCheck:
         failures = []
         if self.runtime.tasks.failure is not None:
             failures.append(f"store write failed (tasks table): {self.runtime.tasks.failure}")
-        scheduler_failure = self.runtime.scheduler.failure if self.runtime.scheduler else None
+        scheduler_failure = self.scheduler.failure
         if scheduler_failure is not None:
             failures.append(f"store write failed (scheduler store): {scheduler_failure}")
         self.lanes = lanes
@@ -137,7 +141,7 @@ class HealthCheck:
         return reasons
 
     async def _fold_lanes(self) -> list[Lane]:
-        fold = self.runtime.fold
+        fold = self.fold
         positions = fold.positions()
         lags = await fold.lags()
         assigned = set(positions)
@@ -149,10 +153,7 @@ class HealthCheck:
         ]
 
     async def _scheduler_lanes(self) -> list[Lane]:
-        scheduler = self.runtime.scheduler
-        if scheduler is None:
-            return []
-        lags = await scheduler.lags()
+        lags = await self.scheduler.lags()
         topics = self.runtime.settings.topics
         lanes = [Lane(SCHEDULER, name, done, waiting) for name, (done, waiting) in lags.items()]
         # assigned here but not open (yet): no position, records waiting unknown
@@ -172,9 +173,9 @@ def _assignment(runtime: Runtime) -> set[Any]:
     return assigned
 
 
-def register(runtime: Runtime) -> HealthCheck:
+def register(runtime: Runtime, fold: FoldService, scheduler: SchedulerService) -> HealthCheck:
     """Sample the worker's health every few seconds (the gauge stays current)."""
-    check = HealthCheck(runtime)
+    check = HealthCheck(runtime, fold, scheduler)
     interval = sample_interval(runtime.settings.health_stall_s)
 
     @runtime.app.timer(interval=interval, name="health")  # type: ignore[untyped-decorator]

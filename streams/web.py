@@ -38,6 +38,8 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from streams import health as health_check
+from streams.agents.fold import FoldService
+from streams.agents.scheduler import SchedulerService
 from streams.app import Runtime
 from streams.domain import Status, TaskState, state_from_json, state_to_dict
 from streams.domain.bounds import id_problem
@@ -45,14 +47,15 @@ from streams.domain.bounds import id_problem
 _HIDDEN_FIELDS = ("seen_event_ids", "result", "waiting")
 
 
-def register(runtime: Runtime) -> None:
-    """Add the task views to ``runtime.app``."""
+def register(runtime: Runtime, fold: FoldService, scheduler: SchedulerService) -> None:
+    """Add the task views to ``runtime.app``: they read ``fold``'s table and positions, and
+    ``scheduler``'s platforms."""
     app = runtime.app
-    register_state_view(runtime)
-    register_limits_view(runtime)
-    register_metrics_view(runtime)
-    register_health_view(runtime)
-    register_ready_view(runtime)
+    register_state_view(runtime, fold)
+    register_limits_view(runtime, scheduler)
+    register_metrics_view(runtime, fold)
+    register_health_view(runtime, fold, scheduler)
+    register_ready_view(runtime, fold)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def know_routed_topics(app: Any, assigned: Any, **kwargs: Any) -> None:
@@ -67,7 +70,7 @@ def register(runtime: Runtime) -> None:
     @app.page("/tasks/{task_id}")
     @app.topic_route(topic=runtime.events_topic, match_info="task_id")
     async def task_status(self: View, request: Request, task_id: str) -> Response:
-        state, error = await _read(runtime, self, request, task_id)
+        state, error = await _read(runtime, fold, self, request, task_id)
         if state is None:
             return error
         return self.json(status_document(state))
@@ -78,7 +81,7 @@ def register(runtime: Runtime) -> None:
         if not request.query.get("after"):
             detail = "after=PARTITION:OFFSET of the record is required"
             return self.json({"error": "bad_request", "detail": detail}, status=400)
-        written, error = await _caught_up(runtime, self, request, task_id)
+        written, error = await _caught_up(runtime, fold, self, request, task_id)
         if error is not None:
             return error
         assert written is not None
@@ -88,7 +91,7 @@ def register(runtime: Runtime) -> None:
     @app.page("/tasks/{task_id}/result")
     @app.topic_route(topic=runtime.events_topic, match_info="task_id")
     async def task_result(self: View, request: Request, task_id: str) -> Response:
-        state, error = await _read(runtime, self, request, task_id)
+        state, error = await _read(runtime, fold, self, request, task_id)
         if state is None:
             return error
         if state.status is not Status.COMPLETED or state.result is None:
@@ -114,10 +117,10 @@ def register(runtime: Runtime) -> None:
         )
 
 
-def register_health_view(runtime: Runtime) -> None:
+def register_health_view(runtime: Runtime, fold: FoldService, scheduler: SchedulerService) -> None:
     """Add ``GET /health``: whether this worker does its work, and if not, why."""
     app = runtime.app
-    check = health_check.register(runtime)
+    check = health_check.register(runtime, fold, scheduler)
 
     @app.page("/health")
     async def health(self: View, request: Request) -> Response:
@@ -129,7 +132,7 @@ def register_health_view(runtime: Runtime) -> None:
         return self.json({"status": "healthy", "reasons": [], **document})
 
 
-def register_ready_view(runtime: Runtime) -> None:
+def register_ready_view(runtime: Runtime, fold: FoldService) -> None:
     """Add ``GET /ready``: 200 once this worker has its partitions assigned and open.
 
     Until then (starting, rebalancing, restoring) it answers 503; clients retry such answers.
@@ -138,21 +141,20 @@ def register_ready_view(runtime: Runtime) -> None:
 
     @app.page("/ready")
     async def ready(self: View, request: Request) -> Response:
-        fold = runtime.fold
-        if fold is not None and fold.serving and not app.rebalancing:
+        if fold.serving and not app.rebalancing:
             partitions = sorted(fold.open_partitions())
             return self.json({"status": "ready", "partitions": partitions})
         detail = "the worker is starting, rebalancing or restoring its partitions"
         return self.json({"status": "not_ready", "detail": detail}, status=503)
 
 
-def register_metrics_view(runtime: Runtime) -> None:
+def register_metrics_view(runtime: Runtime, fold: FoldService) -> None:
     """Add ``GET /metrics``: this worker's metrics in Prometheus' text format."""
     app = runtime.app
 
     @app.page("/metrics")
     async def metrics(self: View, request: Request) -> Response:
-        lags = await runtime.fold.lags()
+        lags = await fold.lags()
         runtime.metrics.lag.clear()  # a partition that moved away is no longer this worker's
         for partition, lag in lags.items():
             runtime.metrics.lag.labels(str(partition)).set(lag)
@@ -161,7 +163,7 @@ def register_metrics_view(runtime: Runtime) -> None:
         )
 
 
-def register_limits_view(runtime: Runtime) -> None:
+def register_limits_view(runtime: Runtime, scheduler: SchedulerService) -> None:
     """Add ``GET /limits/{platform}``, answered by the worker scheduling that platform."""
     app = runtime.app
     ready_topic = runtime.raw_topic(runtime.settings.topics.ready)
@@ -169,13 +171,13 @@ def register_limits_view(runtime: Runtime) -> None:
     @app.page("/limits/{platform}")
     @app.topic_route(topic=ready_topic, match_info="platform")
     async def platform_limits(self: View, request: Request, platform: str) -> Response:
-        status = runtime.scheduler.platform_status(platform)
+        status = scheduler.platform_status(platform)
         if status is None:
             return _not_ready(self)
         return self.json(status)
 
 
-def register_state_view(runtime: Runtime) -> None:
+def register_state_view(runtime: Runtime, fold: FoldService) -> None:
     """Add ``GET /state``: the full states of the tasks in the partitions this worker folds.
 
     The answer is exact, for ``orchestrator verify``: it is taken between two records (under
@@ -189,7 +191,6 @@ def register_state_view(runtime: Runtime) -> None:
 
     @app.page("/state")
     async def table_state(self: View, request: Request) -> Response:
-        fold = runtime.fold
         async with fold.lock:
             if not fold.ready:
                 return _not_ready(self)
@@ -266,7 +267,7 @@ def _wait_seconds(asked: str | None, default_s: float) -> float:
 
 
 async def _caught_up(
-    runtime: Runtime, view: View, request: Request, task_id: str
+    runtime: Runtime, fold: FoldService, view: View, request: Request, task_id: str
 ) -> tuple[tuple[int, int] | None, Response | None]:
     """Wait until the fold has the task's partition open and has folded ``after`` (if given).
 
@@ -281,7 +282,7 @@ async def _caught_up(
         return None, view.json({"error": "bad_request", "detail": str(exc)}, status=400)
     key = task_id.encode("utf-8")
     # right after a rebalance the fold may still be restoring the task's partition
-    if not await runtime.fold.wait_open(runtime.tasks.partition_of(key), wait_s):
+    if not await fold.wait_open(runtime.tasks.partition_of(key), wait_s):
         if runtime.tasks.failure is not None:  # not a rebalance: the disk refuses writes
             detail = f"the worker's task database refuses writes: {runtime.tasks.failure}"
             return None, view.json({"error": "store_failed", "detail": detail}, status=503)
@@ -302,9 +303,9 @@ async def _caught_up(
 
 
 async def _read(
-    runtime: Runtime, view: View, request: Request, task_id: str
+    runtime: Runtime, fold: FoldService, view: View, request: Request, task_id: str
 ) -> tuple[TaskState | None, Response]:
-    _, error = await _caught_up(runtime, view, request, task_id)
+    _, error = await _caught_up(runtime, fold, view, request, task_id)
     if error is not None:
         return None, error
     key = task_id.encode("utf-8")

@@ -1,15 +1,24 @@
-"""Running a worker: create the topics, build the app, hand it to ``faust.Worker``."""
+"""Running a worker: create the topics, build its parts, hand the app to ``faust.Worker``.
+
+:func:`build` is the composition root: the one place that creates each agent, service and view
+of a worker and gives it the typed parts it needs (no part looks another up).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import faust
 
-from streams import logs
-from streams.app import create_runtime
+from streams import logs, web
+from streams.agents import executor, fold, scheduler, timers
+from streams.agents.executor import Executor
+from streams.agents.fold import FoldService
+from streams.agents.scheduler import SchedulerService
+from streams.app import Runtime, create_runtime
 from streams.config import Settings
 from streams.handlers import load_handler_modules, registered_task_types
 from streams.topics import ensure_topics
@@ -42,11 +51,36 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     modules = [m.strip() for m in settings.handlers.split(",") if m.strip()]
     load_handler_modules(modules)
     asyncio.set_event_loop(asyncio.new_event_loop())
-    runtime = create_runtime(settings)
+    runtime = build(settings).runtime
     worker = Worker(runtime.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.settings = settings
     worker.start_line = start_line(settings, modules)
     worker.execute_from_commandline()
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What one worker runs."""
+
+    runtime: Runtime
+    fold: FoldService
+    scheduler: SchedulerService
+    executor: Executor
+
+
+def build(settings: Settings) -> Parts:
+    """Create a worker's app with its fold, timer, scheduler, executor and views."""
+    runtime = create_runtime(settings)
+    runner = Executor(runtime)
+    # the fold tells the executor, after a commit, which tasks ended: their handlers stop
+    folding = fold.register(runtime, runner.on_task_ended)
+    timers.register(runtime, folding)
+    scheduling = scheduler.register(runtime, runner)
+    # registered last, stopped first: no more dispatches, then the running handlers' grace
+    drain = executor.Drain(runner, scheduling.stop_dispatching, settings.shutdown_grace)
+    runtime.app.service(drain)  # type: ignore[arg-type]
+    web.register(runtime, folding, scheduling)
+    return Parts(runtime, folding, scheduling, runner)
 
 
 class Worker(faust.Worker):

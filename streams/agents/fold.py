@@ -23,6 +23,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,9 @@ from streams.task_store import PartitionStore
 from streams.topics import tasks_changelog
 
 log = logging.getLogger(__name__)
+
+TaskEnded = Callable[[str, str], None]
+"""Told (task id, reason) after the commit of a task's terminal transition."""
 
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}".encode()
 """The ``worker`` header of every output: which process wrote it."""
@@ -129,11 +133,14 @@ def fold_group(app_id: str) -> str:
     return f"{app_id}-fold"
 
 
-def register(runtime: Runtime) -> FoldService:
-    """Add the fold to ``runtime.app``: its service, and the hooks that follow the assignment."""
+def register(runtime: Runtime, on_task_ended: TaskEnded | None = None) -> FoldService:
+    """Add the fold to ``runtime.app``: its service, and the hooks that follow the assignment.
+
+    ``on_task_ended`` is told (task id, reason) after the commit of a task's terminal
+    transition (the executor stops the task's handler if it runs here).
+    """
     app = runtime.app
-    service = FoldService(runtime)
-    runtime.fold = service
+    service = FoldService(runtime, on_task_ended)
     events = runtime.settings.topics.events
     placement.place_only(app, events)
 
@@ -198,9 +205,12 @@ class FoldService(AssignedPartitions):
 
     what = "the fold"
 
-    def __init__(self, runtime: Runtime, **kwargs: Any) -> None:
+    def __init__(
+        self, runtime: Runtime, on_task_ended: TaskEnded | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.runtime = runtime
+        self.on_task_ended = on_task_ended
         settings = runtime.settings
         self.group = fold_group(settings.orchestrator_id)
         self.changelog = tasks_changelog(settings.orchestrator_id)
@@ -408,9 +418,9 @@ class FoldService(AssignedPartitions):
         self._failures = 0
         if suspects is not None and part.next_offset >= suspects.until:
             del self._suspects[part.number]  # every suspect record is past
-        if self.runtime.on_task_ended is not None:
+        if self.on_task_ended is not None:
             for task_id, reason in ended:  # committed: a handler still running here may stop
-                self.runtime.on_task_ended(task_id, reason)
+                self.on_task_ended(task_id, reason)
         try:
             part.store.commit(checkpoint)
         except Exception as exc:  # RocksDB: a full disk, say; the changelog has the states

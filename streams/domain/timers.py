@@ -10,6 +10,8 @@ rebalance) write the same id and the fold applies it once.
 
 from __future__ import annotations
 
+import heapq
+
 from streams.domain.events import (
     DependencyWaitExpired,
     Event,
@@ -47,3 +49,47 @@ def due_event(state: TaskState, now_ms: int) -> Event | None:
         payload, kind = TaskTimedOut(state.attempt), "timed-out"
     event_id = derived_event_id(state.task_id, kind, state.attempt, deadline)
     return Event(event_id, state.task_id, now_ms, Source.TIMER, payload)
+
+
+class DeadlineIndex:
+    """Tasks by their next deadline: one entry per task, whatever the number of its events.
+
+    A heap of (deadline, task) with the latest deadline of each task beside it; an entry that
+    is no longer a task's latest is skipped when popped, and the heap is rebuilt when such
+    stale entries outnumber the live ones.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, str]] = []
+        self._latest: dict[str, int] = {}
+
+    def track(self, task_id: str, deadline_ms: int | None) -> None:
+        """Look at ``task_id`` again at ``deadline_ms`` (None: never)."""
+        if deadline_ms is None:
+            self._latest.pop(task_id, None)
+            return
+        if self._latest.get(task_id) == deadline_ms:
+            return
+        self._latest[task_id] = deadline_ms
+        heapq.heappush(self._heap, (deadline_ms, task_id))
+        if len(self._heap) > 2 * len(self._latest) + 1_000:
+            self._heap = [(deadline, task) for task, deadline in self._latest.items()]
+            heapq.heapify(self._heap)
+
+    def pop_due(self, now_ms: int) -> list[str]:
+        """The tasks whose deadline is at or before ``now_ms``, each once."""
+        due: dict[str, None] = {}
+        while self._heap and self._heap[0][0] <= now_ms:
+            deadline, task_id = heapq.heappop(self._heap)
+            if self._latest.get(task_id) == deadline:
+                del self._latest[task_id]
+                due[task_id] = None
+        return list(due)
+
+    def clear(self) -> None:
+        """Forget everything (before a rebuild)."""
+        self._heap.clear()
+        self._latest.clear()
+
+    def __len__(self) -> int:
+        return len(self._latest)

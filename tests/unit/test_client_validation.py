@@ -533,7 +533,7 @@ class _Runtime:
 @pytest.mark.parametrize("task_id", ["../state", "a/b", "", "x" * 201])
 async def test_the_worker_answers_400_to_a_bad_id(task_id: str) -> None:
     runtime: Any = _Runtime()
-    state, answer = await web._read(runtime, _View(), _Request({}), task_id)  # type: ignore[arg-type]
+    state, answer = await web._read(runtime, None, _View(), _Request({}), task_id)  # type: ignore[arg-type]
     assert state is None
     status, document = answer  # type: ignore[misc]
     assert status == 400
@@ -545,7 +545,7 @@ async def test_the_worker_answers_400_to_a_bad_id(task_id: str) -> None:
 async def test_the_worker_answers_400_to_a_bad_wait(wait: str) -> None:
     request = _Request({"wait": wait})
     runtime: Any = _Runtime()
-    state, answer = await web._read(runtime, _View(), request, "t1")  # type: ignore[arg-type]
+    state, answer = await web._read(runtime, None, _View(), request, "t1")  # type: ignore[arg-type]
     assert state is None
     status, document = answer  # type: ignore[misc]
     assert (status, document["error"]) == (400, "bad_request")

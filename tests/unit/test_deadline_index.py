@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.agents.timers import DeadlineIndex
+from streams.domain.timers import DeadlineIndex
 
 
 def test_the_same_deadline_tracked_many_times_is_one_entry() -> None:
