@@ -43,6 +43,7 @@ from streams.agents.scheduler import SchedulerService
 from streams.app import Runtime
 from streams.domain import Status, TaskState, state_from_json, state_to_dict
 from streams.domain.bounds import id_problem
+from streams.domain.state import waiting_on
 
 _HIDDEN_FIELDS = ("seen_event_ids", "result", "waiting")
 
@@ -73,7 +74,7 @@ def register(runtime: Runtime, fold: FoldService, scheduler: SchedulerService) -
         state, error = await _read(runtime, fold, self, request, task_id)
         if state is None:
             return error
-        return self.json(status_document(state))
+        return self.json(status_document(state, _now_ms()))
 
     @app.page("/tasks/{task_id}/verdict")
     @app.topic_route(topic=runtime.events_topic, match_info="task_id")
@@ -101,7 +102,7 @@ def register(runtime: Runtime, fold: FoldService, scheduler: SchedulerService) -
                 status=409,
             )
         expires_at_ms = state.result_expires_at_ms() or 0
-        if time.time() * 1000 >= expires_at_ms:
+        if not state.result_available(_now_ms()):
             detail = f"the result of {task_id} expired at {expires_at_ms} ms"
             return self.json(
                 {"error": "expired", "detail": detail, "expired_at_ms": expires_at_ms}, status=410
@@ -208,38 +209,14 @@ def _not_ready(view: View) -> Response:
     return view.json({"error": "not_ready", "detail": detail}, status=503)
 
 
-def status_document(state: TaskState) -> dict[str, Any]:
-    """The JSON document of a task's status."""
+def status_document(state: TaskState, now_ms: int) -> dict[str, Any]:
+    """The JSON document of a task's status at ``now_ms``."""
     document = state_to_dict(state)
     for name in _HIDDEN_FIELDS:
         document.pop(name, None)
-    document["result_available"] = state.result is not None
+    document["result_available"] = state.result_available(now_ms)
     document["waiting_on"] = waiting_on(state)
     return document
-
-
-def waiting_on(state: TaskState) -> dict[str, Any] | None:
-    """What a task that is not running waits for: the answer to "why is my task not running"."""
-    if state.status is Status.PENDING:
-        return {"reason": "dependencies", "dependencies": list(state.open_dependencies)}
-    if state.status is Status.RETRYING:
-        return {
-            "reason": "retry",
-            "due_at_ms": state.retry_due_at_ms,
-            "last_error": state.last_error,
-        }
-    if state.status is Status.READY and state.held_reason:
-        return {
-            "reason": state.held_reason,
-            "detail": state.held_detail,
-            "until_ms": state.held_until_ms,
-        }
-    if state.status is Status.READY:
-        return {
-            "reason": "scheduling",
-            "detail": "waiting for its platform's scheduler or a caller",
-        }
-    return None
 
 
 MAX_WAIT_S = 120.0
@@ -314,3 +291,7 @@ async def _read(
     if state is None or not state.status.is_created:
         return None, view.json({"error": "not_found", "detail": f"no task {task_id}"}, status=404)
     return state, view.json({})
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

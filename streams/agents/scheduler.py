@@ -66,7 +66,13 @@ from streams.agents.transactional import (
 from streams.app import Runtime
 from streams.domain import Event, ReadyToSchedule, Source, derived_event_id
 from streams.domain.events import TaskDeferred, TaskDispatched
-from streams.domain.scheduling import HoldReason, PlatformScheduler, QueuedTask
+from streams.domain.scheduling import (
+    HoldReason,
+    PlatformScheduler,
+    QueuedTask,
+    overall_free,
+    runs_here,
+)
 from streams.domain.signals import (
     Dispatch,
     PlatformPaused,
@@ -285,8 +291,8 @@ class SchedulerService(AssignedPartitions):
         lane.next_offsets[tp] = record.offset + 1
 
     def _enqueue(self, lane: _Lane, ready: ReadyToSchedule) -> None:
-        if handlers.handler_for(ready.task_type) is None:
-            return  # no handler for this type here: the caller drives it (start_task, ...)
+        if not runs_here(ready.task_type, handlers.registered_task_types()):
+            return
         task = QueuedTask(
             ready.task_id,
             ready.task_type,
@@ -412,12 +418,8 @@ class SchedulerService(AssignedPartitions):
 
     def _overall_free(self) -> int | None:
         """Slots left under ``max_concurrent_tasks`` among this worker's platforms."""
-        cap = self.runtime.settings.max_concurrent_tasks
-        if cap is None:
-            return None
-        return cap - sum(
-            len(s.in_flight) for lane in self._lanes.values() for s in lane.schedulers.values()
-        )
+        schedulers = (s for lane in self._lanes.values() for s in lane.schedulers.values())
+        return overall_free(self.runtime.settings.max_concurrent_tasks, schedulers)
 
     # -- the platforms' schedulers
 

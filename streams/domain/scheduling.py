@@ -23,6 +23,7 @@ This is pure code: time comes in as ``now_ms``; the class mutates only itself.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
@@ -433,6 +434,22 @@ class PlatformScheduler:
         free = None if overall_free is None else overall_free - used
         hold = self.hold(now_ms, free) or Hold(HoldReason.CONCURRENCY, "queued behind other tasks")
         return [Deferral(tid, hold, self._tasks[tid].ready_id) for tid in waiting]
+
+
+def overall_free(cap: int | None, schedulers: Iterable[PlatformScheduler]) -> int | None:
+    """Slots left under an overall cap shared by ``schedulers`` (None: no cap)."""
+    if cap is None:
+        return None
+    return cap - sum(len(scheduler.in_flight) for scheduler in schedulers)
+
+
+def runs_here(task_type: str, handled_types: Collection[str]) -> bool:
+    """Whether a ready task is scheduled by this worker: only types it has a handler for are.
+
+    Others stay ``ready`` for a caller to drive (``start_task``, ``complete_task``); a worker
+    that dispatched them would wait for an outcome nobody writes.
+    """
+    return task_type in handled_types
 
 
 def _window_log(buckets: Any) -> WindowLog:

@@ -123,6 +123,11 @@ class TaskState:
             return None
         return self.completed_at_ms + self.policy.result_ttl_ms
 
+    def result_available(self, now_ms: int) -> bool:
+        """Whether the result is served at ``now_ms`` (there is one, and it has not expired)."""
+        expires_at_ms = self.result_expires_at_ms()
+        return self.result is not None and expires_at_ms is not None and now_ms < expires_at_ms
+
 
 def state_to_dict(state: TaskState) -> dict[str, Any]:
     """A JSON-ready dict of ``state`` (bytes as base64, enums as strings), keys sorted.
@@ -173,3 +178,28 @@ _POLICY_FIELDS = tuple(sorted(f.name for f in fields(TaskPolicy)))
 _ID_LISTS = ("dependencies", "open_dependencies", "dependents", "waiting", "seen_event_ids")
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 """One encoder for every state: ``json.dumps`` with options builds a new one per call."""
+
+
+def waiting_on(state: TaskState) -> dict[str, Any] | None:
+    """What a task that is not running waits for: the answer to "why is my task not running"
+    (None: it waits for nothing)."""
+    if state.status is Status.PENDING:
+        return {"reason": "dependencies", "dependencies": list(state.open_dependencies)}
+    if state.status is Status.RETRYING:
+        return {
+            "reason": "retry",
+            "due_at_ms": state.retry_due_at_ms,
+            "last_error": state.last_error,
+        }
+    if state.status is Status.READY and state.held_reason:
+        return {
+            "reason": state.held_reason,
+            "detail": state.held_detail,
+            "until_ms": state.held_until_ms,
+        }
+    if state.status is Status.READY:
+        return {
+            "reason": "scheduling",
+            "detail": "waiting for its platform's scheduler or a caller",
+        }
+    return None
