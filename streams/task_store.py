@@ -3,10 +3,13 @@
 A partition's database only ever holds *committed* state. The fold's writes since the last
 commit wait in memory (:attr:`PartitionStore.uncommitted`, read through by :meth:`get`); when
 the partition's transaction commits they go to RocksDB in one atomic write batch, together
-with the changelog offset they reach (the *checkpoint*). A worker killed at any moment leaves
-a database that equals the changelog up to its checkpoint, so a restart replays the changelog
-from there and nothing else: no write of an aborted transaction survives in the table, and a
-new owner of the partition never needs the old owner's files.
+with the changelog offset they reach (the *checkpoint*). A store given an ``encode`` function
+also keeps values as objects (:meth:`PartitionStore.put_object`): the fold keeps each task's
+latest state decoded, and encodes it once per commit however often it changed
+(:meth:`PartitionStore.encode_objects`), as Kafka Streams' record cache does. A worker killed
+at any moment leaves a database that equals the changelog up to its checkpoint, so a restart
+replays the changelog from there and nothing else: no write of an aborted transaction survives
+in the table, and a new owner of the partition never needs the old owner's files.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import contextlib
 import errno
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from aiokafka.partitioner import murmur2
 from rocksdict import Options, Rdict, WriteBatch
@@ -51,7 +55,7 @@ def partition_of(key: bytes, partitions: int) -> int:
 class PartitionStore:
     """The tasks of one partition: committed state in RocksDB, uncommitted writes in memory."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, encode: Callable[[Any], bytes] | None = None) -> None:
         path.mkdir(parents=True, exist_ok=True)
         options = Options(raw_mode=True)
         options.create_if_missing(True)
@@ -59,6 +63,10 @@ class PartitionStore:
         options.set_max_write_buffer_number(2)
         self._db = Rdict(str(path), options)
         self.uncommitted: dict[bytes, bytes | None] = {}
+        self.objects: dict[bytes, Any] = {}
+        """Values written as objects since the last commit, not encoded yet (newer than
+        ``uncommitted``)."""
+        self._encode = encode
 
     @property
     def checkpoint(self) -> int:
@@ -68,6 +76,8 @@ class PartitionStore:
 
     def get(self, key: bytes) -> bytes | None:
         """The task's latest state, uncommitted writes included (None: no such task)."""
+        if key in self.objects:
+            return self._encoded(self.objects[key])
         if key in self.uncommitted:
             return self.uncommitted[key]
         value: bytes | None = self._db.get(key)
@@ -75,7 +85,33 @@ class PartitionStore:
 
     def put(self, key: bytes, value: bytes) -> None:
         """Store a new state; it reaches the database when the transaction commits."""
+        self.objects.pop(key, None)
         self.uncommitted[key] = value
+
+    def get_object(self, key: bytes, decode: Callable[[bytes], Any]) -> Any:
+        """The latest value of ``key`` as an object (None: no such key); ``decode`` reads
+        a stored one."""
+        if key in self.objects:
+            return self.objects[key]
+        stored = self.get(key)
+        return decode(stored) if stored is not None else None
+
+    def put_object(self, key: bytes, value: Any) -> None:
+        """Store a new value as an object: it is encoded once, when the transaction commits."""
+        self.objects[key] = value
+
+    def encode_objects(self) -> list[tuple[bytes, bytes]]:
+        """Encode the values written as objects into :attr:`uncommitted`, for the commit;
+        returns them (key, encoded value), for the changelog."""
+        encoded = [(key, self._encoded(value)) for key, value in self.objects.items()]
+        self.uncommitted.update(encoded)
+        self.objects = {}
+        return encoded
+
+    def _encoded(self, value: Any) -> bytes:
+        if self._encode is None:
+            raise TypeError("this store was given no encode function for objects")
+        return self._encode(value)
 
     def delete(self, key: bytes) -> None:
         """Delete a key; the deletion reaches the database when the transaction commits."""
@@ -84,15 +120,28 @@ class PartitionStore:
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every task of the partition, uncommitted writes included."""
         for key, value in self._db.items():
-            if not isinstance(key, bytes) or key == CHECKPOINT_KEY or key in self.uncommitted:
+            if (
+                not isinstance(key, bytes)
+                or key == CHECKPOINT_KEY
+                or key in self.uncommitted
+                or key in self.objects
+            ):
                 continue
             yield key, value
         for key, pending in self.uncommitted.items():
-            if pending is not None:
+            if pending is not None and key not in self.objects:
                 yield key, pending
+        for key, value in self.objects.items():
+            yield key, self._encoded(value)
 
     def commit(self, checkpoint: int | None) -> None:
-        """The transaction committed: write its states (and the new checkpoint) atomically."""
+        """The transaction committed: write its states (and the new checkpoint) atomically.
+
+        Values written as objects must have been encoded (:meth:`encode_objects`) first: the
+        checkpoint covers the changelog records of what is written.
+        """
+        if self.objects:
+            raise RuntimeError("commit with values not encoded: call encode_objects first")
         batch = WriteBatch(raw_mode=True)
         for key, value in self.uncommitted.items():
             if value is None:
@@ -108,6 +157,7 @@ class PartitionStore:
     def discard(self) -> None:
         """The transaction was aborted (or fenced): forget its writes."""
         self.uncommitted = {}
+        self.objects = {}
 
     def restore(self, records: list[tuple[bytes, bytes | None]], checkpoint: int) -> None:
         """Apply committed changelog records (a None value deletes) up to ``checkpoint``."""
@@ -117,6 +167,7 @@ class PartitionStore:
     def close(self) -> None:
         """Close the database (uncommitted writes are dropped)."""
         self.uncommitted = {}
+        self.objects = {}
         self._db.close()
 
     def abandon(self) -> None:
@@ -128,6 +179,7 @@ class PartitionStore:
         it fails (as the writes did, or "Shutdown in progress"), and that is ignored.
         """
         self.uncommitted = {}
+        self.objects = {}
         with contextlib.suppress(Exception):
             self._db.cancel_all_background(False)
         with contextlib.suppress(Exception):
@@ -137,9 +189,13 @@ class PartitionStore:
 class TaskStore:
     """The tasks of the partitions this worker has open, looked up by task id."""
 
-    def __init__(self, root: Path, partitions: int) -> None:
+    def __init__(
+        self, root: Path, partitions: int, encode: Callable[[Any], bytes] | None = None
+    ) -> None:
         self.root = root
         self.partitions = partitions
+        self.encode = encode
+        """How the databases encode values written as objects (see ``PartitionStore``)."""
         self.open: dict[int, PartitionStore] = {}
         """The partitions the fold has open (owned and restored), with their databases."""
         self.failure: str | None = None
@@ -168,7 +224,8 @@ class TaskStore:
         """``partition``'s database, opened on first use and kept open."""
         store = self._databases.get(partition)
         if store is None:
-            store = self._databases[partition] = PartitionStore(self.root / f"p{partition}")
+            path = self.root / f"p{partition}"
+            store = self._databases[partition] = PartitionStore(path, self.encode)
         return store
 
     def reopen(self) -> None:

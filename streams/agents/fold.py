@@ -24,7 +24,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -60,7 +60,7 @@ from streams.agents.transactional import (
     wait_for_event,
 )
 from streams.app import Runtime
-from streams.domain import Effect, Rejected, apply, state_from_json, state_to_json
+from streams.domain import Effect, Rejected, apply, state_from_json
 from streams.domain.timers import next_deadline
 from streams.logs import log_retries, shown
 from streams.outputs import effect_record
@@ -178,6 +178,10 @@ class _Partition:
     """Each send of the open transaction, with the offset of the record that caused it."""
     ended: list[tuple[str, str]] | None = None
     """Tasks that reached a terminal status in the open transaction (id, reason)."""
+    changed_by: dict[bytes, int] = field(default_factory=dict)
+    """The tasks whose state changed in the open transaction, and the offset of the last
+    record that changed each (blamed if its changelog record is refused)."""
+    blamed: int | None = None
     broken: bool = False
     """Its transaction failed part-way: it must not commit; the partition is reopened."""
 
@@ -186,6 +190,20 @@ class _Partition:
         self.broken = True
         self.store.discard()
         self.ended = None
+        self.changed_by = {}
+
+    async def write_changelog(self, changelog: str) -> None:
+        """Send each changed state once, as it stands now, to the partition's changelog.
+
+        A send refused at once (a state over the topic's limit) leaves in ``blamed`` the offset
+        of the last record that changed that state.
+        """
+        for key, value in self.store.encode_objects():
+            self.blamed = self.changed_by[key]
+            write = await self.producer.send(changelog, value, key=key, partition=self.number)
+            self.sent(self.changed_by[key], write)
+            self.last_changelog_write = write
+        self.changed_by = {}
 
     def sent(self, offset: int, sent: asyncio.Future[RecordMetadata]) -> None:
         """Remember a send of the record at ``offset``: the commit waits for its acknowledgement."""
@@ -390,6 +408,12 @@ class FoldService(AssignedPartitions):
         suspects = self._suspects.get(part.number)
         try:
             async with asyncio.timeout(COMMIT_TIMEOUT_S):
+                try:
+                    await part.write_changelog(self.changelog)
+                except TRANSACTION_ERRORS as exc:  # refused at once (too large, say)
+                    self._failed(part, exc, part.blamed, surely=True)
+                    self.runtime.metrics.fold_commits.labels("failed").inc()
+                    return False
                 if part.deliveries:
                     await send_now(part.producer)
                 for offset, delivery in part.deliveries or ():
@@ -682,11 +706,9 @@ class _Folding:
             await self._write([self._dead_letter(task_event.reason, task_event.detail)])
             return
         try:
-            stored = self._part.store.get(key)
-            state = state_from_json(stored) if stored is not None else None
+            state = self._part.store.get_object(key, state_from_json)
             outcome = apply(state, task_event)
             new_state = outcome.state if outcome.state is not state else None
-            value = state_to_json(new_state) if new_state is not None else None
             outputs = [self._output(effect) for effect in outcome.effects]
         except Exception as exc:  # a bug must not stop the fold: park the event, keep going
             log.exception("fold failed on %s[%d]@%d", record.topic, record.partition, record.offset)
@@ -694,14 +716,11 @@ class _Folding:
                 [self._dead_letter("processing_error", f"{type(exc).__name__}: {exc}")]
             )
             return
-        if new_state is not None and value is not None:
+        if new_state is not None:
             self._runtime.metrics.observe_fold(state, task_event, new_state)
-            self._part.store.put(key, value)
-            write = await self._part.producer.send(
-                self._changelog, value, key=key, partition=self._part.number
-            )
-            self._part.sent(self._record.offset, write)
-            self._part.last_changelog_write = write
+            # encoded and written to the changelog once per commit, however often it changes
+            self._part.store.put_object(key, new_state)
+            self._part.changed_by[key] = self._record.offset
             self._runtime.deadlines.track(task_event.task_id, next_deadline(new_state))
             if new_state.status.is_terminal and not (state and state.status.is_terminal):
                 ended = self._part.ended = self._part.ended or []

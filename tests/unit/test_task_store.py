@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from streams.task_store import CHECKPOINT_KEY, PartitionStore, TaskStore, partition_of
 
 
@@ -96,3 +98,37 @@ def test_wipe_starts_an_empty_database(tmp_path: Path) -> None:
     fresh = tasks.wipe(1)
     assert (fresh.get(b"a"), fresh.checkpoint, tasks.is_open(1)) == (None, 0, False)
     tasks.close()
+
+
+def test_objects_are_encoded_once_at_the_commit_and_read_through_before(tmp_path: Path) -> None:
+    encoded: list[str] = []
+
+    def encode(value: str) -> bytes:
+        encoded.append(value)
+        return value.encode()
+
+    store = PartitionStore(tmp_path / "p0", encode)
+    store.put(b"a", b"committed-a")
+    store.commit(3)
+    store.put_object(b"a", "a1")
+    store.put_object(b"a", "a2")  # changed twice in one transaction
+    store.put_object(b"b", "b1")
+    assert store.get_object(b"a", bytes.decode) == "a2"
+    assert store.get(b"b") == b"b1"  # a reader between two records sees the latest state
+    assert dict(store.items()) == {b"a": b"a2", b"b": b"b1"}
+    with pytest.raises(RuntimeError):
+        store.commit(5)  # objects must be encoded (and sent to the changelog) first
+    encoded.clear()
+    assert store.encode_objects() == [(b"a", b"a2"), (b"b", b"b1")]
+    assert encoded == ["a2", "b1"]  # once per key, the latest value only
+    store.commit(5)
+    assert (store.checkpoint, store.get(b"a"), store.objects) == (5, b"a2", {})
+
+
+def test_objects_of_an_aborted_transaction_are_forgotten(tmp_path: Path) -> None:
+    store = PartitionStore(tmp_path / "p0", str.encode)
+    store.put(b"a", b"committed")
+    store.commit(1)
+    store.put_object(b"a", "uncommitted")
+    store.discard()
+    assert store.get_object(b"a", bytes.decode) == "committed"
