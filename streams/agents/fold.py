@@ -513,6 +513,10 @@ class FoldService(AssignedPartitions):
         version, wanted = self._wanted_version, self._wanted
         await self._close_all(commit=True)
         consumer.assign([])
+        if not wanted:
+            # nothing open: the timer may pop a due deadline now and find no partition for it,
+            # so the index is rebuilt whatever partitions come next (the same ones included)
+            self._indexed = frozenset()
         if self._failures and wanted:
             # after failures, wait (longer each time) so a lasting cause is not a reopen storm
             self._changed.clear()

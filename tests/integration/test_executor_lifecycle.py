@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 
 from schemas import decode_event
-from schemas.records import decode_dispatch
-from streams.client import SmartScheduler, TaskManager
+from streams.client import TaskManager
 from streams.domain import Event, Source, TaskCancelled, TaskCompleted, TaskFailed, TaskStarted
 from streams.process import WorkerProcess
 from tests.integration.conftest import HANDLERS, PARTITIONS, Cluster, platform
@@ -238,17 +237,13 @@ async def test_sigterm_interrupts_a_long_handler_after_the_grace_and_another_wor
 
         # the other worker runs the task again: not after its 120 s timeout, nor after the 30 s
         # of the handler
-        try:
-            (second_start,) = await _wait_for(
-                lambda: [
-                    n for n in _notes(notes_file, task_id, "started") if n.pid == other.process.pid
-                ],
-                30,
-                "the other worker starts the handler again",
-            )
-        except AssertionError:
-            await _xfail_if_the_scheduler_lost_the_release(cluster, other, tm, task_id)
-            raise
+        (second_start,) = await _wait_for(
+            lambda: [
+                n for n in _notes(notes_file, task_id, "started") if n.pid == other.process.pid
+            ],
+            30,
+            "the other worker starts the handler again",
+        )
         status = await _poll(tm, task_id, lambda s: s["status"] == "running")
 
     assert second_start.at - sigterm_at < 45
@@ -262,45 +257,6 @@ def _after_retrying(status: dict[str, Any]) -> list[str]:
     """The statuses the task entered from its first ``retrying`` on."""
     statuses = [entry[0] for entry in status["history"]]
     return statuses[statuses.index("retrying") :] if "retrying" in statuses else []
-
-
-async def _xfail_if_the_scheduler_lost_the_release(
-    cluster: Cluster, worker: WorkerProcess, tm: TaskManager, task_id: str
-) -> None:
-    """A known fault outside the executor: a ``TaskReleased`` written on scheduler.signals
-    while the platform's partition moves between workers (here: by the stopping worker's fold,
-    during its drain) is sometimes never applied by the new owner's scheduler, which then keeps
-    the task in flight and drops its next readiness (``PlatformScheduler.enqueue``)."""
-    status = await tm.get_task_status(task_id)
-    async with SmartScheduler(_client(cluster, worker)) as scheduler:
-        limits = await scheduler.limit_status(platform("interrupt"))
-    if status["status"] == "ready" and (limits["in_flight"], limits["pending"]) == (1, 0):
-        pytest.xfail(
-            "the scheduler kept the interrupted task in flight across the rebalance and dropped"
-            f" its readiness: {limits}"
-        )
-
-
-async def test_dispatch_and_events_of_a_task_share_a_partition_assigned_to_the_same_worker(
-    cluster: Cluster, notes_file: Path
-) -> None:
-    """faust's assignor co-assigns co-partitioned topics: the worker running a handler folds
-    its task. Checked on the records (same partition) and in the workers' logs (the executor
-    warns about a go-ahead read on a partition whose task.events partition is elsewhere)."""
-    workers = [_start(cluster, "a"), _start(cluster, "b")]
-    await _wait_for(lambda: _shared(workers), 60, "the two workers share the partitions")
-    async with TaskManager(_client(cluster, workers[0])) as tm:
-        ids = [await tm.create_task("noop", platform("copart"), f"t{i}") for i in range(16)]
-        for task_id in ids:
-            await _poll(tm, task_id, lambda s: s["status"] in TERMINAL)
-    for task_id in ids:
-        events = await _records(cluster, "task.events", task_id, lambda kept: len(kept) >= 1)
-        dispatches = await _records(cluster, "task.dispatch", task_id, lambda kept: bool(kept))
-        assert {r.partition for r in dispatches} == {events[0].partition}
-        assert decode_dispatch(dispatches[0].value).task_id == task_id
-    for worker in workers:
-        assert not _lines(worker, "is not assigned here"), worker.log_tail()
-    assert _shared(workers), "both workers still share the partitions"
 
 
 async def test_cancelling_a_running_task_cancels_its_handler_within_a_second(
