@@ -11,6 +11,8 @@ process and platform collectors: ``process_cpu_seconds_total``, ``process_reside
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -37,6 +39,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         # CPU, memory, open file descriptors of this worker's process (read from /proc at each
         # scrape; nothing on systems without it) and the Python version, as python_info
@@ -157,27 +160,38 @@ class Metrics:
         new = after.status
         kind = event.kind
         if kind == "TaskCreated":
-            self.tasks["created"].labels(*labels).inc()
+            self._child(self.tasks["created"], labels).inc()
         elif kind == "TaskProgress":
-            self.progress.labels(after.platform).observe(after.progress)
+            self._child(self.progress, (after.platform,)).observe(after.progress)
         if kind == "TaskTimedOut":
-            self.tasks["timed_out"].labels(*labels).inc()
+            self._child(self.tasks["timed_out"], labels).inc()
         if new is old:
             return
         if new is Status.RUNNING:
-            self.tasks["started"].labels(*labels).inc()
+            self._child(self.tasks["started"], labels).inc()
         if new in (Status.DISPATCHED, Status.RUNNING) and old is Status.READY:
-            self.queue_wait.labels(after.platform).observe(_seconds_in(before, Status.READY, event))
+            self._child(self.queue_wait, (after.platform,)).observe(
+                _seconds_in(before, Status.READY, event)
+            )
         if new is Status.RETRYING:
-            self.tasks["retried"].labels(*labels).inc()
+            self._child(self.tasks["retried"], labels).inc()
         if new in _TERMINAL_COUNTERS:
-            self.tasks[_TERMINAL_COUNTERS[new]].labels(*labels).inc()
+            self._child(self.tasks[_TERMINAL_COUNTERS[new]], labels).inc()
         if new is Status.COMPLETED:
             first_start = next((t.at_ms for t in after.history if t.status is Status.RUNNING), None)
             if first_start is not None:
-                self.duration.labels(*labels).observe(
+                self._child(self.duration, labels).observe(
                     max(0, event.occurred_at_ms - first_start) / 1000
                 )
+
+    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        """``metric.labels(*labels)``, looked up once: the fold counts every event, and
+        prometheus_client validates the labels and takes a lock on each lookup."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def observe_scheduler(
         self, scheduler: PlatformScheduler, now_ms: int, held: str | None

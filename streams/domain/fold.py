@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from streams.domain import bounds
@@ -60,7 +60,7 @@ from streams.domain.events import (
     derived_event_id,
 )
 from streams.domain.retry import retry_delay_ms
-from streams.domain.state import Status, TaskPolicy, TaskState, Transition
+from streams.domain.state import Status, TaskPolicy, TaskState, Transition, evolve
 
 MAX_RESULT_BYTES = bounds.MAX_RESULT_BYTES
 """Largest result accepted in ``TaskCompleted`` (see ``streams.domain.bounds``)."""
@@ -119,7 +119,7 @@ def apply(state: TaskState | None, event: Event) -> Outcome:
         return _refused(state, refusal.code, refusal.reason)
     seen = (*new_state.seen_event_ids, event.event_id)[-bounds.SEEN_EVENT_IDS_KEPT :]
     return Outcome(
-        replace(new_state, seen_event_ids=seen, updated_at_ms=event.occurred_at_ms), effects
+        evolve(new_state, seen_event_ids=seen, updated_at_ms=event.occurred_at_ms), effects
     )
 
 
@@ -258,7 +258,7 @@ def _on_created(state: TaskState | None, event: Event, p: TaskCreated) -> _Resul
     if not dependencies:
         return _become_ready(task, event)
     task = _enter(
-        replace(task, open_dependencies=tuple(sorted(dependencies))), Status.PENDING, event
+        evolve(task, open_dependencies=tuple(sorted(dependencies))), Status.PENDING, event
     )
     waiting = tuple(sorted({*task.waiting, task.task_id}))
     registrations = tuple(
@@ -305,7 +305,7 @@ def _on_registered(state: TaskState | None, event: Event, p: DependencyRegistere
         return state, (_late_answer(state, event, p.dependent_id),)
     if state.status.is_terminal and len(state.dependents) >= bounds.MAX_DEPENDENTS:
         return state, (_late_answer(state, event, p.dependent_id),)  # answered, not recorded
-    task = replace(state, dependents=_with(state.dependents, p.dependent_id))
+    task = evolve(state, dependents=_with(state.dependents, p.dependent_id))
     if task.status in _OUTCOME_OF:
         # recorded even though it is answered at once, so that a task's dependents do not depend
         # on whether their registrations arrived before or after it ended
@@ -319,7 +319,7 @@ def _on_registered(state: TaskState | None, event: Event, p: DependencyRegistere
         return task, ()
     forwarded = tuple(sorted({*waiting, task.task_id}))
     signal = DependencyRegistered(task.task_id, forwarded, task.policy.dependency_wait_ms)
-    return replace(task, waiting=waiting), tuple(
+    return evolve(task, waiting=waiting), tuple(
         _follow_up(event, dep, signal) for dep in task.open_dependencies
     )
 
@@ -343,7 +343,7 @@ def _await(state: TaskState | None, event: Event, p: DependencyRegistered) -> Ta
         placeholder = state
         if placeholder.awaited_until_ms is not None:
             until = min(until, placeholder.awaited_until_ms)
-    return replace(
+    return evolve(
         placeholder,
         dependents=_with(placeholder.dependents, p.dependent_id),
         waiting=tuple(sorted({*placeholder.waiting, *p.waiting})),
@@ -367,7 +367,7 @@ def _on_resolved(state: TaskState | None, event: Event, p: DependencyResolved) -
         reason = f"dependency {p.dependency_id} {p.outcome}"
         return _finish(task, event, Status.CANCELLED, reason, DependencyOutcome.CANCELLED)
     remaining = tuple(d for d in task.open_dependencies if d != p.dependency_id)
-    task = replace(task, open_dependencies=remaining)
+    task = evolve(task, open_dependencies=remaining)
     return _become_ready(task, event) if not remaining else (task, ())
 
 
@@ -378,7 +378,7 @@ def _on_wait_expired(state: TaskState | None, event: Event, p: DependencyWaitExp
         raise _Refusal(RejectionCode.STALE, "the wait bound has not passed yet")
     answers = _answer_all(state, event, DependencyOutcome.MISSING)
     missing = _enter(state, Status.MISSING, event)
-    return replace(missing, dependents=(), waiting=(), awaited_until_ms=None), answers
+    return evolve(missing, dependents=(), waiting=(), awaited_until_ms=None), answers
 
 
 # -- running ------------------------------------------------------------------------------
@@ -399,7 +399,7 @@ def _on_deferred(state: TaskState | None, event: Event, p: TaskDeferred) -> _Res
         return task, ()  # it moved on meanwhile: nothing to explain any more
     until = p.until_ms or None
     reason, detail = bounds.cut_reason(p.reason), bounds.cut_reason(p.detail)
-    return replace(task, held_reason=reason, held_detail=detail, held_until_ms=until), ()
+    return evolve(task, held_reason=reason, held_detail=detail, held_until_ms=until), ()
 
 
 def _on_started(state: TaskState | None, event: Event, p: TaskStarted) -> _Result:
@@ -417,7 +417,7 @@ def _on_progress(state: TaskState | None, event: Event, p: TaskProgress) -> _Res
             RejectionCode.PROGRESS_OUT_OF_RANGE,
             f"progress {p.progress} is below {task.progress} already reported",
         )
-    return replace(task, progress=p.progress), ()
+    return evolve(task, progress=p.progress), ()
 
 
 def _on_completed(state: TaskState | None, event: Event, p: TaskCompleted) -> _Result:
@@ -427,7 +427,7 @@ def _on_completed(state: TaskState | None, event: Event, p: TaskCompleted) -> _R
             RejectionCode.RESULT_TOO_LARGE,
             f"result of {len(p.result)} bytes exceeds {MAX_RESULT_BYTES}",
         )
-    task = replace(
+    task = evolve(
         task,
         progress=1.0,
         result=p.result,
@@ -471,7 +471,7 @@ def _on_retry_scheduled(state: TaskState | None, event: Event, p: TaskRetrySched
     task = _require(state, event, Status.RETRYING)
     if p.attempt != task.attempt:
         raise _Refusal(RejectionCode.STALE, f"attempt {p.attempt} is not the current one")
-    return replace(task, retry_due_at_ms=p.due_at_ms), ()
+    return evolve(task, retry_due_at_ms=p.due_at_ms), ()
 
 
 def _on_retry_due(state: TaskState | None, event: Event, p: TaskRetryDue) -> _Result:
@@ -480,12 +480,12 @@ def _on_retry_due(state: TaskState | None, event: Event, p: TaskRetryDue) -> _Re
         raise _Refusal(RejectionCode.STALE, f"no retry of attempt {p.attempt} is scheduled")
     if event.occurred_at_ms < task.retry_due_at_ms:
         raise _Refusal(RejectionCode.STALE, "the retry is not due yet")
-    return _become_ready(replace(task, retry_due_at_ms=None), event)
+    return _become_ready(evolve(task, retry_due_at_ms=None), event)
 
 
 def _on_cancelled(state: TaskState | None, event: Event, p: TaskCancelled) -> _Result:
     task = _require(state, event, *_ACTIVE)
-    task = replace(task, deadline_ms=None, retry_due_at_ms=None)
+    task = evolve(task, deadline_ms=None, retry_due_at_ms=None)
     reason = bounds.cut_reason(p.reason)
     return _finish(task, event, Status.CANCELLED, reason, DependencyOutcome.CANCELLED)
 
@@ -495,7 +495,7 @@ def _on_cancelled(state: TaskState | None, event: Event, p: TaskCancelled) -> _R
 
 def _start_attempt(task: TaskState, event: Event, status: Status, attempt: int) -> TaskState:
     deadline = event.occurred_at_ms + task.policy.timeout_ms
-    started = replace(
+    started = evolve(
         task,
         attempt=attempt,
         progress=0.0,
@@ -510,21 +510,21 @@ def _start_attempt(task: TaskState, event: Event, status: Status, attempt: int) 
 def _fail_attempt(
     task: TaskState, event: Event, error: str, retryable: bool, throttled_ms: int = 0
 ) -> _Result:
-    task = replace(task, last_error=error, deadline_ms=None)
+    task = evolve(task, last_error=error, deadline_ms=None)
     if throttled_ms > 0:  # the platform said "not now": this attempt does not count
         in_row = task.rate_limited_in_row + 1
-        task = replace(task, rate_limited_in_row=in_row)
+        task = evolve(task, rate_limited_in_row=in_row)
         if in_row >= task.policy.max_rate_limited:  # ... unless it keeps saying so: give up
             reason = bounds.cut_reason(f"rate limited {in_row} times in a row: {error}")
             outcome = DependencyOutcome.FAILED
             return _finish(task, event, Status.FAILED, reason, outcome, throttled_ms=throttled_ms)
-        task = replace(task, attempt=task.attempt - 1)
+        task = evolve(task, attempt=task.attempt - 1)
         delay = throttled_ms
     elif not retryable or task.attempt >= task.policy.max_attempts:
-        task = replace(task, rate_limited_in_row=0)
+        task = evolve(task, rate_limited_in_row=0)
         return _finish(task, event, Status.FAILED, error, DependencyOutcome.FAILED)
     else:
-        task = replace(task, rate_limited_in_row=0)
+        task = evolve(task, rate_limited_in_row=0)
         delay = retry_delay_ms(task.policy.retry_delay_ms, task.attempt, event.event_id)
     retry = TaskRetryScheduled(task.attempt, delay, event.occurred_at_ms + delay)
     released = Released(task.task_id, task.platform, throttled_ms=max(throttled_ms, 0))
@@ -538,7 +538,7 @@ def _interrupt_attempt(task: TaskState, event: Event, error: str) -> _Result:
     The attempt is not counted and the "rate limited" count is left as it is (the platform gave
     no answer); the slot is released without a pause, so the platform's rate is not touched.
     """
-    task = replace(task, last_error=error, deadline_ms=None, attempt=task.attempt - 1)
+    task = evolve(task, last_error=error, deadline_ms=None, attempt=task.attempt - 1)
     retry = TaskRetryScheduled(task.attempt, 0, event.occurred_at_ms)
     released = Released(task.task_id, task.platform)
     retrying = _enter(task, Status.RETRYING, event)
@@ -567,7 +567,7 @@ def _finish(
         completed = status is Status.COMPLETED
         released = Released(task.task_id, task.platform, completed, throttled_ms)
         answers = (released, *answers)
-    ended = replace(
+    ended = evolve(
         task,
         last_error=reason or task.last_error,
         waiting=(),
@@ -580,7 +580,7 @@ def _finish(
 
 
 def _become_ready(task: TaskState, event: Event) -> _Result:
-    task = _enter(replace(task, waiting=()), Status.READY, event)
+    task = _enter(evolve(task, waiting=()), Status.READY, event)
     ready = ReadyToSchedule(
         ready_id=derived_event_id(event.event_id, "ready"),
         task_id=task.task_id,
@@ -630,7 +630,7 @@ def _enter(task: TaskState, status: Status, event: Event) -> TaskState:
     history = (*task.history, transition)
     if len(history) > bounds.HISTORY_KEPT:  # keep the creation and the newest transitions
         history = (history[0], *history[len(history) - bounds.HISTORY_KEPT + 1 :])
-    return replace(task, status=status, history=history)
+    return evolve(task, status=status, history=history)
 
 
 def _with(ids: tuple[str, ...], new_id: str) -> tuple[str, ...]:

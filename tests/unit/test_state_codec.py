@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -19,6 +20,7 @@ from streams.domain import (
     state_to_dict,
     state_to_json,
 )
+from streams.domain.state import evolve
 from tests.unit import taskflow as tf
 from tests.unit.taskflow import T0
 
@@ -162,3 +164,12 @@ def test_any_state_survives_the_round_trip_through_json(state: TaskState) -> Non
     text = json.dumps(data, sort_keys=True)
     assert state_from_dict(json.loads(text)) == state
     assert state_from_json(state_to_json(state)) == state
+
+
+def test_evolve_gives_what_dataclasses_replace_gives() -> None:
+    state = TaskState(task_id="a", status=Status.READY, attempt=2, dependents=("b",))
+    changed = evolve(state, status=Status.RUNNING, attempt=3)
+    assert changed == dataclasses.replace(state, status=Status.RUNNING, attempt=3)
+    assert state.status is Status.READY  # the original is untouched
+    with pytest.raises(TypeError, match="no field nope"):
+        evolve(state, nope=1)
