@@ -60,9 +60,7 @@ def completed_codec() -> SingleObjectCodec:
 
 def event_to_record(event: Event) -> dict[str, Any]:
     """The Avro record of ``event``."""
-    payload = {
-        f.name: _plain(getattr(event.payload, f.name)) for f in dataclasses.fields(event.payload)
-    }
+    payload = {name: _plain(value) for name, value in vars(event.payload).items()}
     return {
         "event_id": event.event_id,
         "task_id": event.task_id,
@@ -84,7 +82,7 @@ def record_to_event(record: dict[str, Any]) -> Event:
     if cls is None:
         raise UnknownSchemaError(f"unknown event type {name}")
     try:
-        values = {f.name: fields[f.name] for f in dataclasses.fields(cls)}
+        values = {name: fields[name] for name in _field_names(cls)}
         for key in ("dependencies", "waiting"):
             if key in values:
                 values[key] = tuple(values[key])
@@ -154,7 +152,7 @@ def event_of_record(key: bytes | None, value: bytes) -> Event | Refusal:
 
 def encode_ready(ready: ReadyToSchedule) -> bytes:
     """``ready`` as a ``task.ready`` message value."""
-    record = dataclasses.asdict(ready)
+    record = _flat(ready)
     record["ready_at"] = record.pop("ready_at_ms")
     return ready_codec().encode(record)
 
@@ -168,7 +166,7 @@ def decode_ready(data: bytes) -> ReadyToSchedule:
 
 def encode_completed(completed: CompletedTask) -> bytes:
     """``completed`` as a ``task.completed`` message value."""
-    record = dataclasses.asdict(completed)
+    record = _flat(completed)
     record["created_at"] = record.pop("created_at_ms")
     record["completed_at"] = record.pop("completed_at_ms")
     return completed_codec().encode(record)
@@ -180,6 +178,23 @@ def decode_completed(data: bytes) -> CompletedTask:
     record["created_at_ms"] = _millis(record.pop("created_at"))
     record["completed_at_ms"] = _millis(record.pop("completed_at"))
     return CompletedTask(**record)
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    """The field names of a payload class, looked up once."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
+def _flat(record: Any) -> dict[str, Any]:
+    """A flat dataclass's fields as a new dict (``dataclasses.asdict`` copies recursively, at
+    several times the cost, what these records do not nest)."""
+    return dict(vars(record))
 
 
 def _plain(value: Any) -> Any:
@@ -224,7 +239,7 @@ _SIGNALS_BY_NAME: dict[str, type[SignalPayload]] = {
 
 def encode_dispatch(dispatch: Dispatch) -> bytes:
     """``dispatch`` as a ``task.dispatch`` message value."""
-    record = dataclasses.asdict(dispatch)
+    record = _flat(dispatch)
     for name in ("dispatched_at", "not_before", "not_after"):
         record[name] = record.pop(f"{name}_ms")
     return dispatch_codec().encode(record)
@@ -240,7 +255,7 @@ def decode_dispatch(data: bytes) -> Dispatch:
 
 def encode_signal(signal: SchedulerSignal) -> bytes:
     """``signal`` as a ``scheduler.signals`` message value."""
-    payload = dataclasses.asdict(signal.payload)
+    payload = _flat(signal.payload)
     name = f"{NAMESPACE}.{type(signal.payload).__name__}"
     return signal_codec().encode(
         {"platform": signal.platform, "at": signal.at_ms, "payload": (name, payload)}
@@ -259,7 +274,7 @@ def decode_signal(data: bytes) -> SchedulerSignal:
 
 def encode_rate_change(change: RateChangeRecord) -> bytes:
     """``change`` as a ``scheduler.events`` message value."""
-    record = dataclasses.asdict(change)
+    record = _flat(change)
     record["at"] = record.pop("at_ms")
     return rate_change_codec().encode(record)
 
