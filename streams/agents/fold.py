@@ -350,6 +350,7 @@ class FoldService(AssignedPartitions):
                 part = self._partitions.get(tp.partition)
                 if part is None:
                     continue
+                before = part.next_offset
                 try:
                     for record in records:
                         await self._fold(part, record)
@@ -359,6 +360,8 @@ class FoldService(AssignedPartitions):
                     # raised by a send of this very record (a size check, say) or by the
                     # producer as a whole (fenced): record_fault tells which
                     self._failed(part, exc, record.offset, surely=True)
+                if part.next_offset > before:  # once per batch: readers wake up once
+                    await self.runtime.processed.advance(part.number, part.next_offset - 1)
                 self._folding = None
                 if part.broken:
                     failed.add(part.number)
@@ -386,7 +389,6 @@ class FoldService(AssignedPartitions):
         else:
             await _Folding(self, part, record).run()
         part.next_offset = record.offset + 1
-        await self.runtime.processed.advance(part.number, record.offset)
         if alone:
             await self._commit(part)
 
