@@ -48,6 +48,7 @@ from typing import Any
 from mode import Service
 
 from schemas import encode_event
+from streams.agents.transactional import delivery
 from streams.app import Runtime
 from streams.domain import (
     MAX_RESULT_BYTES,
@@ -117,11 +118,7 @@ class Executor:
                 dispatch.task_id,
                 dispatch.platform,
                 dispatch.attempt,
-                extra={
-                    "task_id": dispatch.task_id,
-                    "platform": dispatch.platform,
-                    "attempt": dispatch.attempt,
-                },
+                extra=_about(dispatch),
             )
             self._in_background(self._write_interrupted(dispatch))
             return
@@ -155,11 +152,7 @@ class Executor:
                 dispatch.task_id,
                 dispatch.platform,
                 dispatch.attempt,
-                extra={
-                    "task_id": dispatch.task_id,
-                    "platform": dispatch.platform,
-                    "attempt": dispatch.attempt,
-                },
+                extra=_about(dispatch),
             )
 
     async def _run(self, handler: Handler, run: _Run) -> None:
@@ -168,7 +161,9 @@ class Executor:
 
         # TaskStarted goes out now, but the handler does not wait for its acknowledgement
         # (its start slot is short); every later write of the attempt waits for it first
-        started = run.started = _delivery(self._write(dispatch, "started", TaskStarted()))
+        started = run.started = delivery(
+            asyncio.ensure_future(self._write(dispatch, "started", TaskStarted()))
+        )
 
         async def report_progress(fraction: float) -> None:
             nonlocal steps
@@ -320,11 +315,7 @@ class Executor:
             log.exception(
                 "could not record the interruption of task=%s",
                 dispatch.task_id,
-                extra={
-                    "task_id": dispatch.task_id,
-                    "platform": dispatch.platform,
-                    "attempt": dispatch.attempt,
-                },
+                extra=_about(dispatch),
             )
 
     # -- writing
@@ -346,11 +337,9 @@ class Executor:
         )
 
 
-def _delivery(write: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
-    """A write running on its own, whose failure is reported by whoever awaits it."""
-    future = asyncio.ensure_future(write)
-    future.add_done_callback(lambda f: None if f.cancelled() else f.exception())
-    return future
+def _about(dispatch: Dispatch) -> dict[str, Any]:
+    """The fields of a log line about the attempt ``dispatch`` runs (see ``streams.logs``)."""
+    return {"task_id": dispatch.task_id, "platform": dispatch.platform, "attempt": dispatch.attempt}
 
 
 def _log_outcome(level: int, what: str, dispatch: Dispatch, error: str) -> None:
@@ -362,12 +351,7 @@ def _log_outcome(level: int, what: str, dispatch: Dispatch, error: str) -> None:
         dispatch.platform,
         dispatch.attempt,
         error,
-        extra={
-            "task_id": dispatch.task_id,
-            "platform": dispatch.platform,
-            "attempt": dispatch.attempt,
-            "reason": error,
-        },
+        extra={**_about(dispatch), "reason": error},
     )
 
 

@@ -52,6 +52,7 @@ from streams.agents.transactional import (
     committed_reader,
     cut,
     delivery,
+    records_behind,
     reopen_backoff,
     restore_from_changelog,
     send_now,
@@ -280,12 +281,7 @@ class FoldService(AssignedPartitions):
         return {p: part.next_offset - 1 for p, part in self._partitions.items()}
 
     async def lags(self) -> dict[int, int]:
-        """Per open partition, the records of ``task.events`` not folded yet.
-
-        Counted from the consumer's position when it is further than the last record folded:
-        a partition whose last writes were transactions ends with their commit markers, which
-        take offsets but are no records (and would otherwise look 1 or 2 behind forever).
-        """
+        """Per open partition, the records of ``task.events`` not folded yet."""
         consumer = self._consumer
         if consumer is None:
             return {}
@@ -293,15 +289,7 @@ class FoldService(AssignedPartitions):
         lags = {}
         for partition, part in list(self._partitions.items()):
             tp = TopicPartition(events, partition)
-            highwater = consumer.highwater(tp) or 0
-            behind = highwater - part.next_offset
-            if behind > 0:
-                try:
-                    position = await asyncio.wait_for(consumer.position(tp), 1.0)
-                except Exception:  # not positioned now (being reopened): count from the fold
-                    position = part.next_offset
-                behind = highwater - max(part.next_offset, position)
-            lags[partition] = max(0, behind)
+            lags[partition] = await records_behind(consumer, tp, part.next_offset)
         return lags
 
     # -- the loop

@@ -56,6 +56,7 @@ from streams.agents.transactional import (
     Superseded,
     committed_reader,
     delivery,
+    records_behind,
     reopen_backoff,
     restore_from_changelog,
     send_now,
@@ -183,15 +184,8 @@ class SchedulerService(AssignedPartitions):
         lags = {}
         for lane in list(self._lanes.values()):
             for tp, next_offset in lane.next_offsets.items():
-                highwater = consumer.highwater(tp) or 0
-                behind = highwater - next_offset
-                if behind > 0:
-                    try:
-                        position = await asyncio.wait_for(consumer.position(tp), 1.0)
-                    except Exception:  # being reopened: count from what was taken
-                        position = next_offset
-                    behind = highwater - max(next_offset, position)
-                lags[f"{tp.topic}[{tp.partition}]"] = (next_offset - 1, max(0, behind))
+                behind = await records_behind(consumer, tp, next_offset)
+                lags[f"{tp.topic}[{tp.partition}]"] = (next_offset - 1, behind)
         return lags
 
     # -- the loop

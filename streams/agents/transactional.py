@@ -15,11 +15,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import IllegalOperation, KafkaError
-from aiokafka.structs import RecordMetadata
 from mode import Service
 
 from streams.config import Settings
@@ -27,6 +26,8 @@ from streams.domain.bounds import LARGE_RECORD_MAX_BYTES, PRODUCER_MAX_REQUEST_B
 from streams.task_store import PartitionStore
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 TRANSACTION_ERRORS = (KafkaError, IllegalOperation)
 """What a fenced or failed producer raises (aiokafka's IllegalOperation is no KafkaError)."""
@@ -167,8 +168,8 @@ async def restore_from_changelog(
     return restored
 
 
-def delivery(future: asyncio.Future[RecordMetadata]) -> asyncio.Future[RecordMetadata]:
-    """A send's delivery, whose failure is the commit's to report (not asyncio's, unretrieved)."""
+def delivery(future: asyncio.Future[T]) -> asyncio.Future[T]:
+    """A send's delivery, whose failure is the awaiter's to report (not asyncio's, unretrieved)."""
     future.add_done_callback(lambda f: None if f.cancelled() else f.exception())
     return future
 
@@ -203,6 +204,23 @@ async def wait_for_event(event: asyncio.Event, timeout_s: float) -> None:
 def cut(text: str, limit: int) -> str:
     """``text``, cut to ``limit`` characters (an ellipsis marks the cut)."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+async def records_behind(consumer: AIOKafkaConsumer, tp: TopicPartition, next_offset: int) -> int:
+    """Records of ``tp`` not processed yet, when ``next_offset`` is the next one to process.
+
+    Counted from the consumer's position when it is further: a partition whose last writes
+    were transactions ends with their commit markers, which take offsets but are no records
+    (and would otherwise look 1 or 2 behind forever).
+    """
+    behind = (consumer.highwater(tp) or 0) - next_offset
+    if behind <= 0:
+        return 0
+    try:
+        position: int = await asyncio.wait_for(consumer.position(tp), 1.0)
+    except Exception:  # not positioned now (being reopened): count from what was processed
+        return behind
+    return max(0, behind - max(0, position - next_offset))
 
 
 class FailureLog:
