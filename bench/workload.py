@@ -18,7 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from schemas import encode_event
-from streams import task_store
+from streams import partitions as partitions_module
 from streams.domain import (
     Event,
     Payload,
@@ -92,7 +92,7 @@ def lifecycle_events(tasks: int) -> list[Event]:
 
 def partition_of(key: bytes, partitions: int = PARTITIONS) -> int:
     """The partition of ``key`` on the bench's topics (Kafka's default partitioner)."""
-    return task_store.partition_of(key, partitions)
+    return partitions_module.partition_of(key, partitions)
 
 
 async def produce_records(

@@ -15,13 +15,14 @@ that does not decode (``undecodable``, ``unknown_schema``) or whose key is not i
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
 from schemas.records import Refusal, event_of_record
-from streams.domain import Event, Rejected, Status, TaskState, apply
+from streams.domain import Applied, Event, Rejected, Status, TaskState, apply_here
+from streams.domain.placement import misplaced, partition_of
 
 
 @dataclass(frozen=True, order=True)
@@ -83,6 +84,9 @@ class Step:
     verdict: Verdict
     reason: str = ""
     detail: str = ""
+    derived_here: bool = False
+    """A follow-up ``record`` caused, applied with it because its task is on the same
+    partition (:func:`streams.domain.apply_here`); its own record, later, is a duplicate."""
 
     @property
     def entered(self) -> tuple[Status, ...]:
@@ -117,20 +121,50 @@ class LogFold:
 
     states: dict[str, TaskState] = field(default_factory=dict)
     counts: dict[Verdict, int] = field(default_factory=lambda: dict.fromkeys(Verdict, 0))
+    partitions: int | None = None
+    """The partitions of the log: records are checked for their placement and follow-ups for
+    tasks of the same partition applied at once, as the live fold does. None (a log without
+    partitions, in a test): neither."""
 
     def step(self, record: LogRecord) -> Step:
-        """Fold ``record``: decode it, check its key, apply it to its task's state."""
+        """Fold ``record`` (see :meth:`fold`) and return its own step."""
+        return self.fold(record)[0]
+
+    def fold(self, record: LogRecord) -> list[Step]:
+        """Fold ``record``: decode it, check its key and partition, apply it to its task's
+        state, then the follow-ups it causes for tasks of its partition (``derived_here``).
+
+        The first step is the record's own.
+        """
         key_text = record.key.decode("utf-8", "replace") if record.key is not None else None
         event = event_of_record(record.key, record.value)
         if isinstance(event, Refusal):
             task_id = key_text or (event.event.task_id if event.event is not None else "")
-            return self._refused(record, task_id, event.event, event.reason, event.detail)
-        before = self.states.get(event.task_id)
+            return [self._refused(record, task_id, event.event, event.reason, event.detail)]
+        partitions = self.partitions
+        if partitions is not None:
+            wrong = misplaced(record.key, record.position.partition, partitions)
+            if wrong is not None:
+                return [self._refused(record, event.task_id, event, "wrong_partition", wrong)]
         try:
-            outcome = apply(before, event)
+            applied = apply_here(event, self.states.get, self._here(record.position.partition))
         except Exception as exc:  # the agent parks such an event too: a bug, not a verdict
             detail = f"{type(exc).__name__}: {exc}"
-            return self._refused(record, event.task_id, event, "processing_error", detail)
+            return [self._refused(record, event.task_id, event, "processing_error", detail)]
+        steps = [self._applied(record, applied[0])]
+        for derived in applied[1:]:
+            if not derived.outcome.is_rejected:  # refused when its own record comes back
+                steps.append(replace(self._applied(record, derived), derived_here=True))
+        return steps
+
+    def _here(self, partition: int) -> Callable[[str], bool]:
+        partitions = self.partitions
+        if partitions is None:
+            return lambda task_id: False
+        return lambda task_id: partition_of(task_id.encode(), partitions) == partition
+
+    def _applied(self, record: LogRecord, applied: Applied) -> Step:
+        event, before, outcome = applied.event, applied.before, applied.outcome
         rejection = next((e for e in outcome.effects if isinstance(e, Rejected)), None)
         if rejection is not None:
             return self._refused(
@@ -162,7 +196,7 @@ def feed(
     fold = log if log is not None else LogFold()
     views = tuple(projections)
     for record in records:
-        step = fold.step(record)
-        for view in views:
-            view.observe(step)
+        for step in fold.fold(record):
+            for view in views:
+                view.observe(step)
     return fold

@@ -176,7 +176,7 @@ async def replay(
         count = await partition_count(bootstrap_servers, topic)
         await consumer.start()
         ranges = await _ranges(consumer, topic, count, until_ms, stop_offsets)
-        reader = _Reader(consumer, topic, ranges, views, wanted, on_progress)
+        reader = _Reader(consumer, topic, ranges, views, wanted, on_progress, count)
         await reader.run(batch_records)
     except KafkaError as exc:
         raise InfrastructureError(
@@ -249,6 +249,7 @@ class _Reader:
         views: list[Projection],
         wanted: frozenset[bytes] | None,
         on_progress: Callable[[Progress], None] | None,
+        partitions: int,
     ) -> None:
         self._consumer = consumer
         self._ranges = ranges
@@ -257,7 +258,7 @@ class _Reader:
         self._wanted = wanted
         self._on_progress = on_progress
         self._total = sum(r.stop - r.start for r in ranges.values())
-        self.log = LogFold()
+        self.log = LogFold(partitions=partitions)
         self.records = 0
         self.elapsed_s = 0.0
 
@@ -300,7 +301,7 @@ class _Reader:
 
     def _fold(self, partition: int, records: list[Any]) -> None:
         stop = self._ranges[partition].stop
-        step = self.log.step
+        fold = self.log.fold
         views = self._views
         wanted = self._wanted
         for r in records:
@@ -309,6 +310,7 @@ class _Reader:
             self.records += 1
             if wanted is not None and r.key not in wanted:
                 continue
-            folded = step(LogRecord(Position(partition, r.offset), r.timestamp, r.key, r.value))
-            for view in views:
-                view.observe(folded)
+            record = LogRecord(Position(partition, r.offset), r.timestamp, r.key, r.value)
+            for folded in fold(record):
+                for view in views:
+                    view.observe(folded)

@@ -19,6 +19,7 @@ from streams.config import Settings
 from streams.domain import state_to_json
 from streams.domain.timers import DeadlineIndex
 from streams.metrics import Metrics
+from streams.partitions import partitioner
 from streams.producers import SharedProducer
 from streams.task_store import TaskStore
 
@@ -165,6 +166,8 @@ def create_app(settings: Settings) -> faust.App:
         broker_session_timeout=settings.session_timeout,
         broker_heartbeat_interval=max(settings.session_timeout / 10, 0.5),
         consumer_auto_offset_reset="earliest",
+        # the topic router finds a task's worker as the producers place it: by its group
+        producer_partitioner=partitioner,
         # faust uses its own assignor (co-partitioned placement, and the owner of each
         # partition for its topic router) only for apps with changelog tables or standby
         # replicas, else Kafka's round robin; the worker has no faust table, and no standby

@@ -75,6 +75,7 @@ from streams.errors import (
     UnconfirmedWriteError,
     ValidationError,
 )
+from streams.partitions import partitioner
 
 PRIORITY_RANGE = range(1, MAX_PRIORITY + 1)
 _MS = 1000
@@ -139,6 +140,7 @@ class TaskManager:
                 enable_idempotence=True,
                 acks="all",
                 max_request_size=2_000_000,
+                partitioner=partitioner,  # a task's group places it (streams.partitions)
             )
             try:
                 await producer.start()

@@ -11,6 +11,8 @@ import asyncio
 
 from aiokafka import AIOKafkaProducer
 
+from streams.partitions import partitioner
+
 
 class SharedProducer:
     """An idempotent ``acks=all`` producer, started once on first use."""
@@ -29,6 +31,7 @@ class SharedProducer:
                     enable_idempotence=True,
                     acks="all",
                     max_request_size=2_000_000,
+                    partitioner=partitioner,  # a task's group places it (streams.partitions)
                 )
                 await producer.start()
                 self._producer = producer

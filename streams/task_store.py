@@ -22,8 +22,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from aiokafka.partitioner import murmur2
 from rocksdict import Options, Rdict, WriteBatch
+
+from streams.partitions import partition_of
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,6 @@ def raise_if_disk_full_injected() -> None:
     path = os.environ.get(FAULT_DISK_FULL_ENV)
     if path and os.path.exists(path):
         raise OSError(errno.ENOSPC, f"No space left on device (injected: {path} exists)")
-
-
-def partition_of(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives ``key`` (as on ``task.events``)."""
-    hashed: int = murmur2(key)
-    return (hashed & 0x7FFFFFFF) % partitions
 
 
 class PartitionStore:

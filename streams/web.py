@@ -250,7 +250,7 @@ async def _caught_up(
 
     Returns ``after`` as (partition, offset) (None if not asked), or the error to answer.
     """
-    problem = id_problem("task id", task_id)  # also keeps '..', '/' and the like out
+    problem = id_problem("task id", task_id)  # also keeps '..', '//' and the like out
     if problem is not None:
         return None, view.json({"error": "bad_request", "detail": problem}, status=400)
     try:

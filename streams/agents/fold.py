@@ -61,10 +61,11 @@ from streams.agents.transactional import (
     wait_for_event,
 )
 from streams.app import Runtime
-from streams.domain import Effect, Rejected, apply, state_from_json
+from streams.domain import Effect, Rejected, TaskState, apply_here, state_from_json
 from streams.domain.timers import next_deadline
 from streams.logs import log_retries, shown
 from streams.outputs import effect_record
+from streams.partitions import misplaced, partition_of
 from streams.task_store import PartitionStore
 from streams.topics import tasks_changelog
 
@@ -672,6 +673,7 @@ class _Folding:
         self._topics = service.runtime.settings.topics
         self._part = part
         self._record = record
+        self._partitions = service.runtime.settings.partitions
         # where each output came from: an audit can trace any record back to its event
         self._provenance = [
             ("source.topic", record.topic.encode()),
@@ -694,34 +696,59 @@ class _Folding:
 
     async def run(self) -> None:
         record = self._record
-        key = record.key or b""
         task_event = event_of_record(record.key, record.value or b"")
         if isinstance(task_event, Refusal):
             await self._write([self._dead_letter(task_event.reason, task_event.detail)])
             return
+        part = self._part
+        wrong = misplaced(record.key, record.partition, self._partitions)
+        if wrong is not None:
+            await self._write([self._dead_letter("wrong_partition", wrong)])
+            return
+        store = part.store
         try:
-            state = self._part.store.get_object(key, state_from_json)
-            outcome = apply(state, task_event)
-            new_state = outcome.state if outcome.state is not state else None
-            outputs = [self._output(effect) for effect in outcome.effects]
+            # the event, then the follow-ups it causes for tasks of this partition (a
+            # dependency's answer to a dependent of its group, say): one step, one transaction
+            steps = apply_here(task_event, self._state_of, self._here)
+            outputs = [
+                self._output(effect)
+                for index, step in enumerate(steps)
+                for effect in step.outcome.effects
+                # a follow-up refused here is refused again, and dead-lettered, when its own
+                # record comes back: the record folded now is not at fault
+                if index == 0 or type(effect) is not Rejected
+            ]
         except Exception as exc:  # a bug must not stop the fold: park the event, keep going
             log.exception("fold failed on %s[%d]@%d", record.topic, record.partition, record.offset)
             await self._write(
                 [self._dead_letter("processing_error", f"{type(exc).__name__}: {exc}")]
             )
             return
-        if new_state is not None:
-            self._runtime.metrics.observe_fold(state, task_event, new_state)
+        for step in steps:
+            state, new_state = step.before, step.outcome.state
+            if new_state is None or new_state is state:
+                continue
+            event = step.event
+            key = event.task_id.encode()
+            self._runtime.metrics.observe_fold(state, event, new_state)
             # encoded and written to the changelog once per commit, however often it changes
-            self._part.store.put_object(key, new_state)
-            self._part.changed_by[key] = self._record.offset
-            self._runtime.deadlines.track(task_event.task_id, next_deadline(new_state))
+            store.put_object(key, new_state)
+            part.changed_by[key] = record.offset
+            self._runtime.deadlines.track(event.task_id, next_deadline(new_state))
             if new_state.status.is_terminal and not (state and state.status.is_terminal):
-                ended = self._part.ended = self._part.ended or []
-                ended.append((task_event.task_id, f"{new_state.status}: {new_state.last_error}"))
+                ended = part.ended = part.ended or []
+                ended.append((event.task_id, f"{new_state.status}: {new_state.last_error}"))
             if new_state.status == "retrying":  # one line per retry scheduled (they are rare)
-                log_retries(log, state, new_state, outcome.effects)
+                log_retries(log, state, new_state, step.outcome.effects)
         await self._write(outputs)
+
+    def _state_of(self, task_id: str) -> TaskState | None:
+        state: TaskState | None = self._part.store.get_object(task_id.encode(), state_from_json)
+        return state
+
+    def _here(self, task_id: str) -> bool:
+        """Whether ``task_id`` is folded on this record's partition."""
+        return partition_of(task_id.encode(), self._partitions) == self._part.number
 
     def _output(self, effect: Effect) -> _Output:
         if isinstance(effect, Rejected):

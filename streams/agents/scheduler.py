@@ -82,7 +82,8 @@ from streams.domain.signals import (
     TaskReleased,
 )
 from streams.errors import SchemaError
-from streams.task_store import PartitionStore, TaskStore, partition_of
+from streams.partitions import partition_of
+from streams.task_store import PartitionStore, TaskStore
 from streams.topics import scheduler_changelog
 
 log = logging.getLogger(__name__)

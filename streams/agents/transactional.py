@@ -23,6 +23,7 @@ from mode import Service
 
 from streams.config import Settings
 from streams.domain.bounds import LARGE_RECORD_MAX_BYTES, PRODUCER_MAX_REQUEST_BYTES
+from streams.partitions import partitioner
 from streams.task_store import PartitionStore
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ def transactional_producer(
         # above every topic's limit: the broker refuses an oversize record, and the caller
         # can blame the record
         max_request_size=PRODUCER_MAX_REQUEST_BYTES,
+        partitioner=partitioner,  # a task's group places it (streams.partitions)
     )
 
 

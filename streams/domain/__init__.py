@@ -31,7 +31,7 @@ from streams.domain.events import (
     TaskTimedOut,
     derived_event_id,
 )
-from streams.domain.fold import MAX_RESULT_BYTES, Outcome, apply, fold
+from streams.domain.fold import MAX_RESULT_BYTES, Applied, Outcome, apply, apply_here, fold
 from streams.domain.state import (
     Status,
     TaskPolicy,
@@ -46,6 +46,7 @@ from streams.domain.state import (
 __all__ = [
     "MAX_RESULT_BYTES",
     "PAYLOAD_TYPES",
+    "Applied",
     "CompletedTask",
     "DependencyOutcome",
     "DependencyRegistered",
@@ -77,6 +78,7 @@ __all__ = [
     "TaskTimedOut",
     "Transition",
     "apply",
+    "apply_here",
     "derived_event_id",
     "fold",
     "state_from_dict",

@@ -37,8 +37,14 @@ is the one to refuse a record (with an error the fold attributes to that record)
 MAX_ID_CHARS = 200
 """Task ids (and dependency ids): at most this many characters of :data:`ID_ALPHABET`."""
 
-ID_ALPHABET = "A-Z a-z 0-9 and . _ : @ = + ~ -, starting with a letter or digit"
-_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:@=+~-]{{0,{MAX_ID_CHARS - 1}}}")
+ID_ALPHABET = (
+    "A-Z a-z 0-9 and . _ : @ = + ~ -, starting with a letter or digit, and at most one / "
+    "between a group and a name (group/name, each starting with a letter or digit)"
+)
+_ID_PART = "[A-Za-z0-9][A-Za-z0-9._:@=+~-]*"
+_ID = re.compile(rf"{_ID_PART}(?:/{_ID_PART})?")
+"""A task id; ``group/name`` places the task with its group (``streams.partitions``). The length
+is checked on its own (:func:`_token_problem`)."""
 
 MAX_NAME_CHARS = 64
 """Task types and platforms: at most this many characters of :data:`NAME_ALPHABET`."""

@@ -138,6 +138,60 @@ def fold(
     return result
 
 
+MAX_LOCAL_FOLLOW_UPS = 1_000
+"""Follow-ups applied at once per event (:func:`apply_here`); any further ones wait for their
+record, which is written anyway."""
+
+
+@dataclass(frozen=True)
+class Applied:
+    """One event applied by :func:`apply_here`: the state it met and its outcome."""
+
+    event: Event
+    before: TaskState | None
+    outcome: Outcome
+
+
+def apply_here(
+    event: Event,
+    state_of: Callable[[str], TaskState | None],
+    here: Callable[[str], bool],
+) -> list[Applied]:
+    """Apply ``event``, then at once every follow-up it causes for a task folded here.
+
+    A follow-up (a dependency's answer, a registration, a scheduled retry) is an event for
+    another task, written to ``task.events``; when that task is folded in the same place
+    (``here(task_id)``: the same partition), waiting for the record to come back through the log
+    costs a commit and a fetch. So it is applied now, in order (breadth-first, as the log would
+    hold them), up to :data:`MAX_LOCAL_FOLLOW_UPS`. Its record is still written: the log stays
+    complete, and when the record comes back the task has seen its event id (a duplicate, no
+    effect). The live fold and the replay both fold this way, so they agree.
+
+    ``state_of`` gives a task's state before ``event``; the states the steps make are in the
+    returned list (the last step of a task holds its newest state). Effects are not removed:
+    the caller writes every follow-up, applied here or not.
+    """
+    states: dict[str, TaskState | None] = {}
+    steps: list[Applied] = []
+    queue = [event]
+    local = 0
+    for current in queue:
+        task_id = current.task_id
+        before = states[task_id] if task_id in states else state_of(task_id)
+        outcome = apply(before, current)
+        states[task_id] = outcome.state
+        steps.append(Applied(current, before, outcome))
+        for effect in outcome.effects:
+            if (
+                type(effect) is FollowUp
+                and local < MAX_LOCAL_FOLLOW_UPS
+                and here(effect.event.task_id)
+            ):
+                queue.append(effect.event)
+                local += 1
+    return steps
+
+
 def _refused(state: TaskState | None, code: RejectionCode, reason: str) -> Outcome:
     return Outcome(state, (Rejected(code, reason),))
 

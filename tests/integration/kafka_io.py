@@ -11,7 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
-from streams import task_store
+from streams import partitions as partitions_module
 
 Record = ConsumerRecord[bytes, bytes]
 
@@ -152,8 +152,8 @@ class Follower:
 
 
 def partition_of(key: str, partitions: int) -> int:
-    """The partition the default (murmur2) partitioner gives the task id ``key``."""
-    return task_store.partition_of(key.encode("utf-8"), partitions)
+    """The partition of task ``key`` (its group's, see ``streams.partitions``)."""
+    return partitions_module.partition_of(key.encode("utf-8"), partitions)
 
 
 # -- offsets, single records and topic configs (tests/integration/test_no_silent_loss.py)

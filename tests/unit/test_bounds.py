@@ -108,7 +108,7 @@ def test_history_keeps_its_first_and_newest_transitions() -> None:
         ("task_type", "t" * (bounds.MAX_NAME_CHARS + 1), RejectionCode.TOO_LARGE),
         ("platform", "linked in", RejectionCode.INVALID_PAYLOAD),
         ("dependencies", tuple(_id(i, 8) for i in range(20_000)), RejectionCode.TOO_LARGE),
-        ("dependencies", ("a/b",), RejectionCode.INVALID_ID),
+        ("dependencies", ("a/b/c",), RejectionCode.INVALID_ID),
         ("priority", bounds.MAX_PRIORITY + 1, RejectionCode.INVALID_PAYLOAD),
         ("timeout_ms", bounds.MAX_POLICY_MS + 1, RejectionCode.TOO_LARGE),
         ("max_attempts", bounds.MAX_ATTEMPTS + 1, RejectionCode.TOO_LARGE),
@@ -120,13 +120,21 @@ def test_creation_over_a_bound_is_refused(field: str, value: object, code: Rejec
     assert "limit" in rejection.reason or code is not RejectionCode.TOO_LARGE
 
 
-@pytest.mark.parametrize("task_id", ["../state", "a/b", "", "x" * 201, "é", ".hidden", "a b"])
+@pytest.mark.parametrize(
+    "task_id",
+    ["../state", "a/b/c", "a//b", "/b", "a/", "a/.b", "", "x" * 201, "é", ".hidden", "a b"],
+)
 def test_an_event_for_an_invalid_task_id_is_refused(task_id: str) -> None:
     assert tf.refuse(None, tf.created(task_id)).code is RejectionCode.INVALID_ID
 
 
 def test_ids_of_the_whole_alphabet_and_length_are_accepted() -> None:
     task_id = ("Az09._:@=+~-" * 20)[: bounds.MAX_ID_CHARS]
+    assert tf.accept(None, tf.created(task_id, eid="e1")).state is not None
+
+
+@pytest.mark.parametrize("task_id", ["wf-42/fetch", "a/b", ("g" * 99) + "/" + ("n" * 100)])
+def test_a_grouped_id_is_accepted(task_id: str) -> None:
     assert tf.accept(None, tf.created(task_id, eid="e1")).state is not None
 
 

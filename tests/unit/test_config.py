@@ -261,11 +261,11 @@ def test_the_cli_prints_one_line_and_exits_2_for_a_bad_config(
     ("command", "message"),
     [
         (["status", "../state"], "task_id '../state' may only use"),
-        (["result", "a/b"], "task_id 'a/b' may only use"),
+        (["result", "a/b/c"], "task_id 'a/b/c' may only use"),
         (["pause", "linkedin", "nan"], "seconds must be a finite number of seconds, got nan"),
         (["pause", "linkedin", "inf"], "seconds must be a finite number of seconds, got inf"),
         (["submit", "t", "p", "x", "--priority", "11"], "priority must be an integer from 1 to 10"),
-        (["submit", "t", "p", "x", "--task-id", "a/b"], "task_id 'a/b' may only use"),
+        (["submit", "t", "p", "x", "--task-id", "a/b/c"], "task_id 'a/b/c' may only use"),
         (["limits", "a/b"], "platform 'a/b' may only use"),
         (["worker", "--web-port", "70000"], "web_port must be a port from 1 to 65535"),
     ],

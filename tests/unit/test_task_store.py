@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.task_store import CHECKPOINT_KEY, PartitionStore, TaskStore, partition_of
+from streams.partitions import partition_of
+from streams.task_store import CHECKPOINT_KEY, PartitionStore, TaskStore
 
 
 def test_uncommitted_writes_are_read_but_not_stored(tmp_path: Path) -> None:
