@@ -5,8 +5,12 @@ Cases (each on topics of its own, through real worker processes):
 - ``fold_events_per_s``: a worker folds a pre-filled ``task.events`` (created, started,
   completed per task): decode, fold, table write, effects, transactions. Timed by the outputs'
   record timestamps, from the first ``task.ready`` to the last ``task.completed``.
+- ``eos_ceiling_events_per_s``: a bare aiokafka exactly-once loop over the same topic
+  (``bench/ceiling.py``: decode, two records per event, transactions per partition at the
+  worker's commit interval, no fold): the upper bound of the fold's design; the fold's ratio
+  to it.
 - ``raw_consume_events_per_s``: a plain aiokafka consumer decoding the same topic with fastavro:
-  the upper bound; the fold's ratio to it.
+  the upper bound of reading; the ceiling's ratio to it.
 - ``peer_fold_events_per_s``: the same fold written with quixstreams (``bench/peer_quix.py``:
   RocksDB state, exactly-once, our codec and our pure fold) over the same topic, timed the
   same way; its ratio to the fold (needs the ``bench`` extra).
@@ -35,7 +39,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import fold, lifecycle, memory, replay
+from bench import ceiling, fold, lifecycle, memory, replay
 from bench.workload import Result
 from streams import localbroker
 from streams.process import free_port
@@ -52,16 +56,21 @@ async def run(bootstrap: str, root: Path, args: argparse.Namespace) -> list[Resu
     if cases & {"fold", "peer", "replay"}:
         topic = await fold.prefill(bootstrap, args.events // 3)
         print(f"pre-filled {topic.topics.events} with {topic.events:,} events", flush=True)
-        fold_rate = raw_rate = peer_rate = None
+        fold_rate = raw_rate = peer_rate = ceiling_rate = None
         if "fold" in cases:
             fold_rate = await fold.fold_rate(bootstrap, root, topic, args.profile)
+            ceiling_rate = await ceiling.ceiling_rate(bootstrap, topic, args.commit_interval)
             raw_rate = await fold.raw_rate(bootstrap, topic)
-            print(f"fold {fold_rate:,.0f} events/s, raw {raw_rate:,.0f} events/s", flush=True)
+            print(
+                f"fold {fold_rate:,.0f} events/s, EOS ceiling {ceiling_rate:,.0f} events/s, "
+                f"raw {raw_rate:,.0f} events/s",
+                flush=True,
+            )
         if "peer" in cases:
             peer_rate = await fold.peer_rate(bootstrap, root, topic, args.commit_interval)
             print(f"peer {peer_rate or 0:,.0f} events/s", flush=True)
-        if fold_rate is not None and raw_rate is not None:
-            results += fold.results(fold_rate, raw_rate, peer_rate)
+        if fold_rate is not None and raw_rate is not None and ceiling_rate is not None:
+            results += fold.results(fold_rate, raw_rate, peer_rate, ceiling_rate)
         if "replay" in cases:
             results += await replay.replay_case(bootstrap, topic)
     if cases & {"lifecycle", "latency"}:
@@ -83,7 +92,7 @@ def main() -> int:
         "--events",
         type=int,
         default=210_000,
-        help="events for the fold, raw, peer and replay cases, 3 per task (quick run: 30000)",
+        help="events for the fold, ceiling, raw, peer and replay cases, 3 per task (quick: 30000)",
     )
     parser.add_argument("--tasks", type=int, default=2_000, help="tasks for the lifecycle case")
     parser.add_argument(
@@ -105,7 +114,7 @@ def main() -> int:
         "--commit-interval",
         type=float,
         default=0.2,
-        help="the peer's commit interval in seconds (the worker's default commit_interval)",
+        help="the peer's and the EOS ceiling's commit interval in seconds (the worker's default)",
     )
     parser.add_argument(
         "--only", action="append", choices=CASES, help="run only this case (repeatable)"

@@ -211,16 +211,24 @@ async def raw_rate(bootstrap: str, topic: FoldTopic) -> float:
     return topic.events / (time.monotonic() - started)
 
 
-def results(fold: float, raw: float, peer: float | None) -> list[Result]:
+def results(fold: float, raw: float, peer: float | None, ceiling: float) -> list[Result]:
     """The fold's rows. A row's ``ratio`` is its value divided by the value of ``ratio_to``: the
-    fold's share of the raw consumer's rate, and the peer's rate as a multiple of the fold's."""
+    fold's share of the EOS ceiling's rate (``bench.ceiling``), the ceiling's share of the raw
+    consumer's, and the peer's rate as a multiple of the fold's."""
     rows = [
         Result(
             "fold_events_per_s",
             round(fold),
             "events/s",
+            "eos_ceiling_events_per_s",
+            round(fold / ceiling, 3),
+        ),
+        Result(
+            "eos_ceiling_events_per_s",
+            round(ceiling),
+            "events/s",
             "raw_consume_events_per_s",
-            round(fold / raw, 3),
+            round(ceiling / raw, 3),
         ),
         Result("raw_consume_events_per_s", round(raw), "events/s"),
     ]
