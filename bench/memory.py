@@ -2,7 +2,7 @@
 
 Folding a million lifecycles through a worker would take most of the run, so the table gets its
 tasks the way a replacement worker gets them after a crash: from the table's changelog topic
-(``{app_id}-tasks-changelog``, raw task-id keys, ``state_to_json`` values, each in the partition
+(``{app_id}-tasks-changelog``, raw task-id keys, ``encode_state`` values, each in the partition
 of its task's ``task.events`` partition). The changelog is pre-filled with the state the fold
 reaches for each task after created, started and completed (what ``bench.fold`` feeds), then a
 fresh worker restores all of it into RocksDB, rebuilds its deadline index over the whole table,
@@ -22,8 +22,9 @@ import aiohttp
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.workload import PARTITIONS, Result, created, event, produce_records, start, unique
-from streams.domain import TaskCompleted, TaskStarted, derived_event_id, fold, state_to_json
+from streams.domain import TaskCompleted, TaskStarted, derived_event_id, fold
 from streams.process import WorkerProcess
+from streams.state_codec import encode_state
 from streams.topics import TopicNames, ensure_topics
 
 SAMPLES = 20
@@ -42,7 +43,7 @@ def completed_state(task_id: str, at_ms: int) -> bytes:
         event(task_id, TaskStarted(), started_id, at_ms),
         event(task_id, TaskCompleted(b"{}"), completed_id, at_ms),
     ]
-    return state_to_json(fold(events)[task_id])
+    return encode_state(fold(events)[task_id])
 
 
 class Changelog:

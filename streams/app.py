@@ -16,11 +16,11 @@ from faust.types import TopicT
 
 from streams import placement
 from streams.config import Settings
-from streams.domain import state_to_json
 from streams.domain.timers import DeadlineIndex
 from streams.metrics import Metrics
 from streams.partitions import partitioner
 from streams.producers import SharedProducer
+from streams.state_codec import encode_state
 from streams.task_store import TaskStore
 
 
@@ -190,5 +190,5 @@ def create_runtime(settings: Settings) -> Runtime:
         settings=settings,
         app=app,
         events_topic=_raw_topic(app, settings.topics.events, settings.partitions),
-        tasks=TaskStore(Path(settings.data_dir) / "tasks", settings.partitions, state_to_json),
+        tasks=TaskStore(Path(settings.data_dir) / "tasks", settings.partitions, encode_state),
     )

@@ -41,9 +41,10 @@ from streams import health as health_check
 from streams.agents.fold import FoldService
 from streams.agents.scheduler import SchedulerService
 from streams.app import Runtime
-from streams.domain import Status, TaskState, state_from_json, state_to_dict
+from streams.domain import Status, TaskState, state_to_dict
 from streams.domain.bounds import id_problem
 from streams.domain.state import waiting_on
+from streams.state_codec import decode_state
 
 _HIDDEN_FIELDS = ("seen_event_ids", "result", "waiting")
 
@@ -198,7 +199,7 @@ def register_state_view(runtime: Runtime, fold: FoldService) -> None:
             owned = sorted(fold.open_partitions())
             offsets = {str(p): offset for p, offset in sorted(fold.positions().items())}
             tasks = {
-                key.decode("utf-8"): state_to_dict(state_from_json(value))
+                key.decode("utf-8"): state_to_dict(decode_state(value))
                 for key, value in runtime.tasks.items()
             }
         return self.json({"partitions": owned, "offsets": offsets, "tasks": tasks})
@@ -287,7 +288,7 @@ async def _read(
         return None, error
     key = task_id.encode("utf-8")
     stored = runtime.tasks.get(key)
-    state = state_from_json(stored) if stored is not None else None
+    state = decode_state(stored) if stored is not None else None
     if state is None or not state.status.is_created:
         return None, view.json({"error": "not_found", "detail": f"no task {task_id}"}, status=404)
     return state, view.json({})

@@ -15,8 +15,8 @@ import time
 from schemas import encode_event
 from streams.agents.transactional import AssignedPartitions
 from streams.app import Runtime
-from streams.domain import state_from_json
 from streams.domain.timers import due_event, next_deadline
+from streams.state_codec import decode_state
 
 RETRY_AFTER_MS = 5_000
 """If the state has not moved this long after a timer event was written, write it again."""
@@ -52,7 +52,7 @@ class _Timer:
         stored = self._runtime.tasks.get(key)
         if stored is None:
             return
-        state = state_from_json(stored)
+        state = decode_state(stored)
         event = due_event(state, now_ms)
         if event is None:
             self._runtime.deadlines.track(task_id, next_deadline(state))

@@ -34,9 +34,9 @@ from streams.domain import (
     TaskCompleted,
     TaskCreated,
     TaskStarted,
-    state_from_json,
 )
 from streams.process import WorkerProcess
+from streams.state_codec import decode_state
 from tests.integration.conftest import PARTITIONS, Cluster
 from tests.integration.kafka_io import Follower, read_to_end
 
@@ -269,7 +269,7 @@ async def _print_histories(bootstrap_servers: str, cluster: Cluster, task_ids: l
             committed=committed,
         )
         for record in records:
-            state = state_from_json(record.value or b"")
+            state = decode_state(record.value or b"")
             print(
                 f"  table {'committed' if committed else 'any'} {record.key!r} "
                 f"{record.topic}[{record.partition}]@{record.offset} t={record.timestamp} "

@@ -59,11 +59,11 @@ from streams.domain import (
     TaskStarted,
     TaskTimedOut,
     bounds,
-    state_from_json,
 )
 from streams.domain.events import DependencyOutcome
 from streams.errors import InfrastructureError, TaskNotFoundError, ValidationError
 from streams.process import WorkerProcess
+from streams.state_codec import decode_state
 from tests.integration.conftest import PARTITIONS, Cluster
 from tests.integration.kafka_io import (
     Record,
@@ -389,7 +389,7 @@ async def test_a_completion_the_broker_refuses_is_dead_lettered_and_the_partitio
     states = await read_to_end(
         bootstrap_servers, _changelog(cluster), PARTITIONS, keep=lambda r: r.key == big.encode()
     )
-    statuses = [str(state_from_json(r.value or b"").status) for r in states]
+    statuses = [str(decode_state(r.value or b"").status) for r in states]
     assert "completed" not in statuses and statuses[-1:] == ["running"], statuses
     dead = await read_to_end(
         bootstrap_servers, cluster.topics.dlq, PARTITIONS, keep=lambda r: r.key == big.encode()
@@ -527,7 +527,7 @@ async def test_thirty_thousand_events_on_one_task_leave_a_bounded_state(
     record = await _latest_state_record(cluster, partition, key)
     assert record is not None
     size = len(record.value or b"")
-    final = state_from_json(record.value or b"")
+    final = decode_state(record.value or b"")
     assert size < min(MAX_STATE_BYTES, SMALL_STATE_BYTES), f"a state of {size} bytes"
     assert len(final.seen_event_ids) <= 256
     assert events[-1].event_id in final.seen_event_ids, "the last event is applied"

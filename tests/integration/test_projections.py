@@ -23,8 +23,9 @@ from aiokafka import AIOKafkaProducer
 from projections.log import Verdict
 from projections.replay import replay
 from streams.client import TaskManager
-from streams.domain import Status, state_to_json
+from streams.domain import Status
 from streams.errors import EventRejectedError, IllegalTransitionError
+from streams.state_codec import encode_state
 from tests.integration.conftest import PARTITIONS, REPO_ROOT, Cluster
 from tests.integration.kafka_io import partition_of, produce
 
@@ -167,7 +168,7 @@ async def test_verify_finds_no_difference_after_a_workload_then_exactly_a_tamper
     try:
         await producer.send_and_wait(
             changelog,
-            state_to_json(forged),
+            encode_state(forged),
             key=victim.encode(),
             partition=partition_of(victim, PARTITIONS),
         )
