@@ -19,8 +19,11 @@ Cases (each on topics of its own, through real worker processes):
 - ``lifecycle_tasks_per_s``: tasks through the whole path (created, ready, dispatched, a no-op
   handler, completed) with no rate limits.
 - ``dependency_latency_ms_p50`` / ``_p99``: from a task's ``TaskCompleted`` write to a reader of
-  ``task.ready`` (read committed) receiving its dependent, with dependents created at half the
-  measured lifecycle rate (``dependency_load_dependents_per_s``).
+  ``task.ready`` (read committed) receiving its dependent on another partition, with dependents
+  created at half the measured lifecycle rate (``dependency_load_dependents_per_s``);
+  ``dependency_latency_group_ms_p50`` / ``_p99``: the same for pairs of one group
+  (``g/a``, ``g/b``: one partition, the dependent made ready in the dependency's fold step).
+  The two kinds alternate in one run.
 - ``worker_rss_mb_1m_tasks``: peak resident memory (VmHWM) of a worker whose ``tasks`` table
   holds a million completed tasks, restored from a pre-filled changelog, after it served
   status reads (``worker_restore_tasks_per_s``: how fast it restored them).

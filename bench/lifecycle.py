@@ -10,9 +10,19 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.workload import Result, count_until, created, event, produce_events, start, unique
+from bench.workload import (
+    PARTITIONS,
+    Result,
+    count_until,
+    created,
+    event,
+    produce_events,
+    start,
+    unique,
+)
 from schemas import decode_ready, encode_event
 from streams.domain import TaskCompleted, TaskStarted
+from streams.partitions import partition_of, partitioner
 from streams.topics import TopicNames
 
 
@@ -61,7 +71,10 @@ async def dependency_latency(
     Every tick creates a pair (A, then B depending on A) and completes the A created half a
     second earlier (started, completed: a caller driving its own task), so the worker folds
     six events per pair (the two creations, start, completion, B's registration at A and A's
-    answer to B) while the latencies are taken.
+    answer to B) while the latencies are taken. Pairs alternate between two kinds, reported
+    apart: cross-partition (``a{i}`` and ``b{i}`` on different partitions: A's answer to B is a
+    second transaction, on B's partition) and grouped (``g{i}/a``, ``g{i}/b``: one partition,
+    B made ready in the step that folds A's completion).
     """
     dependents_per_s = lifecycle_tasks_per_s * load
     name = unique("dep")
@@ -70,7 +83,7 @@ async def dependency_latency(
     pairs = max(int(dependents_per_s * duration_s), 100)
     lag = max(int(dependents_per_s / 2), 1)
     completed_at: dict[str, float] = {}
-    latencies: list[float] = []
+    latencies: dict[str, list[float]] = {"cross": [], "group": []}
     try:
         consumer = AIOKafkaConsumer(
             topics.ready,
@@ -79,7 +92,9 @@ async def dependency_latency(
             auto_offset_reset="earliest",
             group_id=None,
         )
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", linger_ms=0, partitioner=partitioner
+        )
         await consumer.start()
         await producer.start()
         try:
@@ -93,43 +108,63 @@ async def dependency_latency(
                 for i in range(pairs + lag):
                     await asyncio.sleep(max(0.0, begin + i / dependents_per_s - time.monotonic()))
                     if i < pairs:
-                        a, b = f"a{i}", f"b{i}"
+                        a, b = _pair(i)
                         await producer.send(topics.events, encode_event(created(a)), key=a.encode())
                         value = encode_event(created(b, (a,)))
                         await producer.send(topics.events, value, key=b.encode())
                     if i >= lag:
-                        j = i - lag
-                        await send(f"a{j}", TaskStarted())
-                        completed_at[f"b{j}"] = time.time()
-                        await send(f"a{j}", TaskCompleted(b"{}"))
+                        a, b = _pair(i - lag)
+                        await send(a, TaskStarted())
+                        completed_at[b] = time.time()
+                        await send(a, TaskCompleted(b"{}"))
 
             driver = asyncio.create_task(drive())
             deadline = time.monotonic() + duration_s + 600
-            while len(latencies) < pairs and time.monotonic() < deadline:
+            while _count(latencies) < pairs and time.monotonic() < deadline:
                 batches = await consumer.getmany(timeout_ms=100)
                 now = time.time()
                 for records in batches.values():
                     for record in records:
                         task_id = decode_ready(record.value or b"").task_id
                         if task_id in completed_at:
-                            latencies.append((now - completed_at.pop(task_id)) * 1000)
+                            kind = "group" if "/" in task_id else "cross"
+                            latencies[kind].append((now - completed_at.pop(task_id)) * 1000)
             await driver
         finally:
             await producer.stop()
             await consumer.stop()
     finally:
         worker.stop()
-    if len(latencies) < pairs:
-        raise RuntimeError(f"only {len(latencies)} of {pairs} dependents became ready")
-    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
-    return [
+    if _count(latencies) < pairs:
+        raise RuntimeError(f"only {_count(latencies)} of {pairs} dependents became ready")
+    results = [
         Result(
             "dependency_load_dependents_per_s",
             round(dependents_per_s, 1),
             "tasks/s",
             "lifecycle_tasks_per_s",
             round(dependents_per_s / lifecycle_tasks_per_s, 3),
-        ),
-        Result("dependency_latency_ms_p50", round(cuts[49], 1), "ms"),
-        Result("dependency_latency_ms_p99", round(cuts[98], 1), "ms"),
+        )
     ]
+    kinds = (("cross", "dependency_latency_ms"), ("group", "dependency_latency_group_ms"))
+    for kind, name in kinds:
+        cuts = statistics.quantiles(latencies[kind], n=100, method="inclusive")
+        results.append(Result(f"{name}_p50", round(cuts[49], 1), "ms"))
+        results.append(Result(f"{name}_p99", round(cuts[98], 1), "ms"))
+    return results
+
+
+def _pair(i: int) -> tuple[str, str]:
+    """Pair ``i``'s dependency and dependent: even pairs on two partitions, odd ones grouped."""
+    if i % 2:
+        return f"g{i}/a", f"g{i}/b"
+    a, b = f"a{i}", f"b{i}"
+    suffix = 0
+    while partition_of(a.encode(), PARTITIONS) == partition_of(b.encode(), PARTITIONS):
+        suffix += 1  # another name for the dependent until it is on another partition
+        b = f"b{i}.{suffix}"
+    return a, b
+
+
+def _count(latencies: dict[str, list[float]]) -> int:
+    return sum(len(values) for values in latencies.values())

@@ -39,6 +39,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
     UnsupportedForMessageFormatError,
 )
+from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import RecordMetadata
 
 from schemas.records import Refusal, event_of_record
@@ -61,11 +62,12 @@ from streams.agents.transactional import (
     wait_for_event,
 )
 from streams.app import Runtime
-from streams.domain import Effect, Rejected, TaskState, apply_here, state_from_json
+from streams.domain import Effect, FollowUp, Rejected, TaskState, apply_here
 from streams.domain.timers import next_deadline
 from streams.logs import log_retries, shown
 from streams.outputs import effect_record
 from streams.partitions import misplaced, partition_of
+from streams.state_codec import decode_state
 from streams.task_store import PartitionStore
 from streams.topics import tasks_changelog
 
@@ -84,6 +86,11 @@ class _StoreFailed(Exception):
 
 MAX_RECORDS = 500
 """Records taken per fetch (a commit can fall after any fetch)."""
+
+EARLY_COMMIT_SHARE = 0.25
+"""A transaction with a follow-up for another partition commits once this share of
+``commit_interval`` has passed since the partition's last commit, not the whole interval: the
+second hop of a dependency across partitions waits for this commit."""
 
 ATTEMPTS_PER_RECORD = 3
 """Failures on one record (its own fault, folded alone) before it is dead-lettered."""
@@ -165,6 +172,73 @@ def register(runtime: Runtime, on_task_ended: TaskEnded | None = None) -> FoldSe
     return service
 
 
+class _Outbox:
+    """The records of a partition's open transaction, appended to one batch per topic partition
+    and handed to the producer a batch at a time (:meth:`flush`, and whenever a batch is full).
+
+    One ``producer.send`` per record costs a future, a partitioner call and an accumulator
+    round of its own; a batch costs them once. Each batch's delivery is remembered with the
+    offset of the first record whose output it holds: a refused batch blames the records from
+    there on (the fold then folds them one per transaction and finds the culprit).
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, sent: Callable[[int, Any], None]) -> None:
+        self._producer = producer
+        self._sent = sent
+        self._open: dict[tuple[str, int], tuple[BatchBuilder, int]] = {}
+        self._counts: dict[str, int] = {}
+        self.last: dict[tuple[str, int], tuple[asyncio.Future[RecordMetadata], int]] = {}
+        """Per topic partition, the delivery of the last batch sent and its record count."""
+
+    def _partition(self, topic: str, key: bytes | None) -> int:
+        count = self._counts.get(topic)
+        if count is None:
+            found = self._producer.client.cluster.partitions_for_topic(topic)
+            if not found:
+                raise KafkaError(f"no metadata for topic {topic}")
+            count = self._counts[topic] = len(found)
+        if key is None:
+            return 0  # a DLQ copy of a record that had no key
+        return partition_of(key, count)
+
+    async def add(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        offset: int,
+        partition: int | None = None,
+    ) -> None:
+        """Append a record caused by the record at ``offset`` (placed by its key, or on
+        ``partition``)."""
+        tp = (topic, self._partition(topic, key) if partition is None else partition)
+        batch = self._open.get(tp)
+        if batch is None:
+            batch = self._open[tp] = (self._producer.create_batch(), offset)
+        if batch[0].append(timestamp=None, key=key, value=value, headers=headers) is None:
+            await self._send(tp, batch)  # full: a batch always takes its first record
+            batch = self._open[tp] = (self._producer.create_batch(), offset)
+            batch[0].append(timestamp=None, key=key, value=value, headers=headers)
+
+    async def flush(self) -> None:
+        """Hand every open batch to the producer."""
+        batches, self._open = self._open, {}
+        for tp, batch in batches.items():
+            await self._send(tp, batch)
+
+    def discard(self) -> None:
+        """Forget the open batches (the transaction is given up)."""
+        self._open = {}
+        self.last = {}
+
+    async def _send(self, tp: tuple[str, int], batch: tuple[BatchBuilder, int]) -> None:
+        builder, first_offset = batch
+        future = await self._producer.send_batch(builder, tp[0], partition=tp[1])
+        self._sent(first_offset, future)
+        self.last[tp] = (future, builder.record_count())
+
+
 @dataclass
 class _Partition:
     """One open partition of ``task.events``: its producer, its table, where it stands."""
@@ -175,7 +249,8 @@ class _Partition:
     next_offset: int
     """The offset of the next record to fold: everything before it is folded."""
     in_transaction: bool = False
-    last_changelog_write: asyncio.Future[RecordMetadata] | None = None
+    last_changelog_write: tuple[asyncio.Future[RecordMetadata], int] | None = None
+    """The delivery of the transaction's last changelog batch, and its record count."""
     deliveries: list[tuple[int, asyncio.Future[RecordMetadata]]] | None = None
     """Each send of the open transaction, with the offset of the record that caused it."""
     ended: list[tuple[str, str]] | None = None
@@ -186,26 +261,46 @@ class _Partition:
     blamed: int | None = None
     broken: bool = False
     """Its transaction failed part-way: it must not commit; the partition is reopened."""
+    outbox: _Outbox = field(init=False)
+    last_commit: float = 0.0
+    """When its last commit started (``time.monotonic``)."""
+    held: list[ConsumerRecord[bytes, bytes]] = field(default_factory=list)
+    """Records fetched while its commit was under way, folded once it is done."""
+    urgent: bool = False
+    """Its transaction holds a follow-up for a task of another partition: that partition folds
+    it only once this commit is done, so it commits early (see ``EARLY_COMMIT_SHARE``)."""
+
+    def commit_due(self, now: float, interval: float) -> float:
+        """Seconds until its transaction should commit (0 or less: now)."""
+        wait = interval * EARLY_COMMIT_SHARE if self.urgent else interval
+        return self.last_commit + wait - now
+
+    def __post_init__(self) -> None:
+        self.outbox = _Outbox(self.producer, self.sent)
 
     def break_off(self) -> None:
         """Give up the open transaction: nothing of it may commit, its writes are forgotten."""
         self.broken = True
         self.store.discard()
+        self.outbox.discard()
         self.ended = None
         self.changed_by = {}
 
     async def write_changelog(self, changelog: str) -> None:
-        """Send each changed state once, as it stands now, to the partition's changelog.
+        """Send each changed state once, as it stands now, to the partition's changelog (the
+        last batch of the changelog partition holds the transaction's last changelog record:
+        its delivery gives the checkpoint).
 
         A send refused at once (a state over the topic's limit) leaves in ``blamed`` the offset
         of the last record that changed that state.
         """
+        await self.outbox.flush()
         for key, value in self.store.encode_objects():
             self.blamed = self.changed_by[key]
-            write = await self.producer.send(changelog, value, key=key, partition=self.number)
-            self.sent(self.changed_by[key], write)
-            self.last_changelog_write = write
+            await self.outbox.add(changelog, key, value, [], self.blamed, self.number)
         self.changed_by = {}
+        await self.outbox.flush()
+        self.last_changelog_write = self.outbox.last.get((changelog, self.number))
 
     def sent(self, offset: int, sent: asyncio.Future[RecordMetadata]) -> None:
         """Remember a send of the record at ``offset``: the commit waits for its acknowledgement."""
@@ -239,7 +334,8 @@ class FoldService(AssignedPartitions):
         self._opened = asyncio.Condition()
         self._indexed: frozenset[int] = frozenset()
         """The partitions whose tasks the deadline index was last built from."""
-        self._last_commit = 0.0
+        self._commits: dict[int, asyncio.Task[bool]] = {}
+        """The commits under way, by partition (see :meth:`_start_due_commits`)."""
         self._consumer: AIOKafkaConsumer | None = None
         self._suspects: dict[int, _Suspects] = {}
         self._folding: tuple[int, int] | None = None
@@ -314,6 +410,8 @@ class FoldService(AssignedPartitions):
                         partition, offset = self._folding
                         self._folding = None
                         self._blame(partition, offset, offset + 1, exc, surely=False)
+                    await self._wait_for_commits()
+                    self._committed()
                     for part in self._partitions.values():
                         part.break_off()
                     self._reopen(set(self._partitions))
@@ -332,12 +430,20 @@ class FoldService(AssignedPartitions):
             await self._fold_batch(consumer)
 
     async def _fold_batch(self, consumer: AIOKafkaConsumer) -> None:
-        batches = await consumer.getmany(timeout_ms=100, max_records=MAX_RECORDS)
-        failed: set[int] = set()
+        batches = await consumer.getmany(timeout_ms=self._fetch_wait_ms(), max_records=MAX_RECORDS)
+        failed = self._committed()
         async with self.lock:
-            for tp, records in batches.items():
-                part = self._partitions.get(tp.partition)
-                if part is None:
+            fetched = {tp.partition: records for tp, records in batches.items()}
+            for number, part in self._partitions.items():
+                records = fetched.get(number, [])
+                if part.broken:  # its commit failed: reopened below, its records fetched again
+                    continue
+                if number in self._commits:  # committing: its records wait for the commit
+                    part.held.extend(records)
+                    continue
+                if part.held:
+                    records, part.held = [*part.held, *records], []
+                if not records:
                     continue
                 before = part.next_offset
                 try:
@@ -349,17 +455,66 @@ class FoldService(AssignedPartitions):
                     # raised by a send of this very record (a size check, say) or by the
                     # producer as a whole (fenced): record_fault tells which
                     self._failed(part, exc, record.offset, surely=True)
+                if not part.broken:
+                    try:
+                        await part.outbox.flush()  # the batch's outputs, sent as it folds on
+                    except TRANSACTION_ERRORS as exc:
+                        self._failed(part, exc, before, surely=False)
                 if part.next_offset > before:  # once per batch: readers wake up once
                     await self.runtime.processed.advance(part.number, part.next_offset - 1)
                 self._folding = None
                 if part.broken:
                     failed.add(part.number)
-            now = time.monotonic()
-            if failed or now - self._last_commit >= self.runtime.settings.commit_interval:
-                failed |= await self._commit_all()
-                self._last_commit = now
+            self._start_due_commits()
         if failed:
+            await self._wait_for_commits()
             self._reopen(failed)
+
+    def _fetch_wait_ms(self) -> int:
+        """How long a fetch may wait for records: until the next commit falls due (a due
+        commit must not wait out a fetch's full wait), and briefly while records are held."""
+        if any(part.held for part in self._partitions.values()):
+            return 5
+        interval = self.runtime.settings.commit_interval
+        now = time.monotonic()
+        due = [
+            part.commit_due(now, interval)
+            for number, part in self._partitions.items()
+            if part.in_transaction and number not in self._commits
+        ]
+        return max(0, min(100, int(min(due, default=0.1) * 1000)))
+
+    def _start_due_commits(self) -> None:
+        """Start the commit of every partition whose transaction is ``commit_interval`` old.
+
+        A commit runs beside the loop: the other partitions fold on while it waits for the
+        broker (acknowledgements, offsets, the transaction's end), and the records fetched for
+        its own partition wait in ``held`` until it is done. Partitions are opened with their
+        commit times spread over the interval, so a few at a time are committing.
+        """
+        interval = self.runtime.settings.commit_interval
+        now = time.monotonic()
+        for number, part in self._partitions.items():
+            due = part.in_transaction and part.commit_due(now, interval) <= 0
+            if due and not part.broken and number not in self._commits:
+                part.last_commit = now
+                part.urgent = False
+                self._commits[number] = asyncio.create_task(self._commit(part))
+
+    def _committed(self) -> set[int]:
+        """Take the commits that ended; return the partitions whose commit failed."""
+        failed = set()
+        for number, commit in list(self._commits.items()):
+            if commit.done():
+                del self._commits[number]
+                if commit.cancelled() or commit.exception() is not None or not commit.result():
+                    failed.add(number)
+        return failed
+
+    async def _wait_for_commits(self) -> None:
+        """Let the commits under way end (their outcome is taken by :meth:`_committed`)."""
+        if self._commits:
+            await asyncio.wait(list(self._commits.values()))
 
     async def _fold(self, part: _Partition, record: ConsumerRecord[bytes, bytes]) -> None:
         if record.offset < part.next_offset:
@@ -385,9 +540,11 @@ class FoldService(AssignedPartitions):
 
     async def _commit_all(self) -> set[int]:
         """Commit every open transaction; return the partitions whose commit failed."""
+        await self._wait_for_commits()
+        failed = self._committed()
         parts = [p for p in self._partitions.values() if p.in_transaction and not p.broken]
         outcomes = await asyncio.gather(*(self._commit(part) for part in parts))
-        return {part.number for part, ok in zip(parts, outcomes, strict=True) if not ok}
+        return failed | {part.number for part, ok in zip(parts, outcomes, strict=True) if not ok}
 
     async def _commit(self, part: _Partition) -> bool:
         """Commit the partition's transaction once every record of it was acknowledged.
@@ -420,7 +577,8 @@ class FoldService(AssignedPartitions):
                 await part.producer.commit_transaction()
                 checkpoint = None
                 if part.last_changelog_write is not None:
-                    checkpoint = (await part.last_changelog_write).offset + 1
+                    last_batch, records = part.last_changelog_write
+                    checkpoint = (await last_batch).offset + records
         except (*TRANSACTION_ERRORS, TimeoutError) as exc:
             self._failed(part, exc, None, surely=False)
             self.runtime.metrics.fold_commits.labels("failed").inc()
@@ -429,6 +587,7 @@ class FoldService(AssignedPartitions):
         part.in_transaction = False
         part.last_changelog_write = None
         part.deliveries = None
+        part.outbox.last = {}
         ended, part.ended = part.ended or [], None
         self._failures = 0
         if suspects is not None and part.next_offset >= suspects.until:
@@ -567,7 +726,9 @@ class FoldService(AssignedPartitions):
         tasks = self.runtime.tasks
         # a record over a topic's limit is refused by the broker, and the fold blames the
         # record (see record_fault)
-        producers = await start_fencing(settings, "fold", wanted, 50)
+        topics = settings.topics
+        outputs = (topics.events, topics.ready, topics.completed, topics.signals, topics.dlq)
+        producers = await start_fencing(settings, "fold", wanted, 50, (*outputs, self.changelog))
         try:
             try:
                 databases = {p: tasks.database(p) for p in wanted}
@@ -579,7 +740,8 @@ class FoldService(AssignedPartitions):
             tasks.failure = None
             tps = [TopicPartition(settings.topics.events, p) for p in sorted(wanted)]
             consumer.assign(tps)
-            for tp in tps:
+            now = time.monotonic()
+            for index, tp in enumerate(tps):
                 committed = await consumer.committed(tp)
                 start = committed if committed is not None else 0
                 if committed is None:
@@ -588,6 +750,8 @@ class FoldService(AssignedPartitions):
                     consumer.seek(tp, committed)
                 number = tp.partition
                 part = _Partition(number, producers[number], stores[number], start)
+                # commit times spread over the interval: a few partitions commit at a time
+                part.last_commit = now - settings.commit_interval * index / len(tps)
                 self._partitions[tp.partition] = part
                 tasks.open[tp.partition] = part.store
                 self.runtime.verdicts.opened(tp.partition, start)
@@ -649,7 +813,7 @@ class FoldService(AssignedPartitions):
         index = self.runtime.deadlines
         index.clear()
         for key, value in self.runtime.tasks.items():
-            index.track(key.decode("utf-8"), next_deadline(state_from_json(value)))
+            index.track(key.decode("utf-8"), next_deadline(decode_state(value)))
         log.info("deadline index rebuilt: %d tasks", len(index))
 
 
@@ -724,6 +888,12 @@ class _Folding:
                 [self._dead_letter("processing_error", f"{type(exc).__name__}: {exc}")]
             )
             return
+        if not part.urgent:
+            part.urgent = any(
+                type(effect) is FollowUp and not self._here(effect.event.task_id)
+                for step in steps
+                for effect in step.outcome.effects
+            )
         for step in steps:
             state, new_state = step.before, step.outcome.state
             if new_state is None or new_state is state:
@@ -743,7 +913,7 @@ class _Folding:
         await self._write(outputs)
 
     def _state_of(self, task_id: str) -> TaskState | None:
-        state: TaskState | None = self._part.store.get_object(task_id.encode(), state_from_json)
+        state: TaskState | None = self._part.store.get_object(task_id.encode(), decode_state)
         return state
 
     def _here(self, task_id: str) -> bool:
@@ -793,7 +963,6 @@ class _Folding:
                     found.get("reason", b"").decode(),
                     found.get("detail", b"").decode(errors="replace"),
                 )
-            delivery = await self._part.producer.send(
-                topic, value, key=key, headers=[*headers, *self._provenance]
+            await self._part.outbox.add(
+                topic, key, value, [*headers, *self._provenance], self._record.offset
             )
-            self._part.sent(self._record.offset, delivery)

@@ -44,6 +44,13 @@ FETCH_BYTES = LARGE_RECORD_MAX_BYTES + 65_536
 a record larger than this if a broker ever returned it cut)."""
 
 
+BATCH_BYTES = 262_144
+"""A producer batch holds up to this many bytes (aiokafka's default, 16 KiB, makes a fold that
+writes hundreds of records per fetch wait for the sender every few dozen records). A batch is
+either within this size or one record alone, so it stays within every topic's
+``max.message.bytes`` (1 MiB at the least) whenever its records do."""
+
+
 class Superseded(Exception):
     """The assignment changed (or the worker is stopping) while partitions were being opened."""
 
@@ -64,6 +71,7 @@ def transactional_producer(
         # above every topic's limit: the broker refuses an oversize record, and the caller
         # can blame the record
         max_request_size=PRODUCER_MAX_REQUEST_BYTES,
+        max_batch_size=BATCH_BYTES,
         partitioner=partitioner,  # a task's group places it (streams.partitions)
     )
 
