@@ -222,12 +222,15 @@ class SchedulerService(AssignedPartitions):
                 lane = self._lanes.get(tp.partition)
                 if lane is None:
                     continue
+                touched: dict[str, None] = {}
                 for record in records:
-                    await self._take(lane, tp, record)
-                    # a dispatch commits at once: its handler may start only after the commit
-                    if lane.go_aheads and not await self._commit(lane):
-                        self._reopen()
-                        return
+                    platform = await self._take(lane, tp, record)
+                    if platform is not None:
+                        touched[platform] = None
+                # decided once per fetched batch, what the batch changed: one transaction (and
+                # one commit, below, before any handler starts) for all its dispatches
+                for platform in touched:
+                    await self._decide(lane, platform)
             now_ms = _now_ms()
             for lane in self._lanes.values():
                 for platform in [p for p, at in lane.wakeups.items() if at <= now_ms]:
@@ -258,11 +261,14 @@ class SchedulerService(AssignedPartitions):
 
     async def _take(
         self, lane: _Lane, tp: TopicPartition, record: ConsumerRecord[Any, Any]
-    ) -> None:
+    ) -> str | None:
+        """Take one record into the platform's scheduler; return the platform to decide on
+        (None: nothing to decide, the record was taken before or dead-lettered)."""
         if record.offset < lane.next_offsets[tp]:
-            return  # taken already (a fetch from before the last seek)
+            return None  # taken already (a fetch from before the last seek)
         await self._begin(lane)
         topics = self.runtime.settings.topics
+        platform: str | None
         try:
             if tp.topic == topics.ready:
                 ready = decode_ready(record.value or b"")
@@ -274,6 +280,7 @@ class SchedulerService(AssignedPartitions):
                 await self._on_signal(lane, signal)
         except SchemaError as exc:
             await self._dead_letter(lane, record, "undecodable", str(exc))
+            platform = None
         except TRANSACTION_ERRORS:
             raise
         except Exception as exc:  # a bug must not stop the scheduler: park the record
@@ -281,9 +288,9 @@ class SchedulerService(AssignedPartitions):
             await self._dead_letter(
                 lane, record, "processing_error", f"{type(exc).__name__}: {exc}"
             )
-        else:
-            await self._decide(lane, platform)
+            platform = None
         lane.next_offsets[tp] = record.offset + 1
+        return platform
 
     def _enqueue(self, lane: _Lane, ready: ReadyToSchedule) -> None:
         if not runs_here(ready.task_type, handlers.registered_task_types()):
