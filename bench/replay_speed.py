@@ -1,11 +1,12 @@
 """``python -m bench.replay_speed``: how fast the offline replay folds ``task.events``.
 
 Fills a fresh topic with ``--events`` events (created, started, completed per task), then runs
-:func:`projections.replay.replay` over it with every projection, and prints the records folded
-per second (the read from Kafka, decoding, the fold and the views; connection set-up excluded)
-next to a plain read-and-decode of the same records, the upper bound. With ``--broker`` it uses
-that broker (on topics of its own); otherwise it starts one of its own on a free port and stops
-it afterwards.
+:func:`projections.replay.replay` over it with every projection, with ``status`` alone (in this
+process, then spread over two worker processes as a long ``verify`` is), and prints the records
+folded per second (the read from Kafka, decoding, the fold and the views; connection set-up
+excluded) next to a plain read-and-decode of the same records with the replay's decoder, the
+upper bound of one process. With ``--broker`` it uses that broker (on topics of its own);
+otherwise it starts one of its own on a free port and stops it afterwards.
 
 :func:`measure` is the API (``bench/__main__.py`` may call it with a broker it started).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import tempfile
 import time
@@ -26,7 +28,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from projections.log import Verdict
 from projections.replay import replay
 from projections.status import TaskStatusView
-from schemas import decode_event, encode_event
+from schemas import encode_event
+from schemas.records import event_of_record
 from streams import localbroker
 from streams.domain import Event, Source, TaskCompleted, TaskCreated, TaskStarted
 from streams.process import free_port
@@ -72,6 +75,7 @@ async def _read_and_decode(bootstrap: str, topic: str, wanted: int) -> float:
     )
     await consumer.start()
     seen = 0
+    gc.disable()  # as the replay does while it folds
     try:
         await consumer.getmany(timeout_ms=0)  # join the topic before the clock starts
         started = time.monotonic()
@@ -79,9 +83,10 @@ async def _read_and_decode(bootstrap: str, topic: str, wanted: int) -> float:
             batches = await consumer.getmany(timeout_ms=500, max_records=50_000)
             for records in batches.values():
                 for record in records:
-                    decode_event(record.value or b"")
+                    event_of_record(record.key, record.value or b"")
                 seen += len(records)
     finally:
+        gc.enable()
         await consumer.stop()
     return time.monotonic() - started
 
@@ -90,26 +95,37 @@ async def measure(bootstrap: str, events: int = 100_000) -> dict[str, Any]:
     """Fill a fresh topic on ``bootstrap`` with ``events`` events; replay it; return the figures.
 
     Returns:
-        ``replay_events_per_s`` (every projection fed), ``replay_status_only_events_per_s``,
-        ``read_and_decode_events_per_s`` (no fold), the event count and the seconds of each.
+        ``replay_events_per_s`` (every projection fed), ``replay_status_only_events_per_s``
+        (in this process), ``replay_status_only_2_processes_events_per_s`` (two worker
+        processes, start-up and merge included), ``read_and_decode_events_per_s`` (no fold),
+        the event count and the seconds of each.
     """
     topics = TopicNames(f"replay-bench-{uuid.uuid4().hex[:6]}.")
     await ensure_topics(bootstrap, PARTITIONS, topics)
     await _fill(bootstrap, topics.events, _events(events))
     full = await replay(bootstrap, topics.events)
-    status_only = await replay(bootstrap, topics.events, projections=[TaskStatusView()])
-    raw_s = await _read_and_decode(bootstrap, topics.events, events)
-    assert full.records == status_only.records == events, (full.records, status_only.records)
-    assert full.log.counts[Verdict.APPLIED] == events, full.log.counts
-    return {
+    figures: dict[str, Any] = {
         "events": events,
         "replay_events_per_s": round(full.events_per_s),
         "replay_s": round(full.elapsed_s, 3),
-        "replay_status_only_events_per_s": round(status_only.events_per_s),
-        "read_and_decode_events_per_s": round(events / raw_s),
-        "read_and_decode_s": round(raw_s, 3),
         "tasks": len(full.log.states),
     }
+    assert full.records == events, full.records
+    assert full.log.counts[Verdict.APPLIED] == events, full.log.counts
+    del full  # its views hold every step: not kept alive under the next runs
+    for label, processes in (("", 1), ("_2_processes", 2)):
+        status_only = await replay(
+            bootstrap, topics.events, projections=[TaskStatusView()], processes=processes
+        )
+        assert status_only.records == events, status_only.records
+        assert status_only.processes == processes, status_only.processes
+        figures[f"replay_status_only{label}_events_per_s"] = round(status_only.events_per_s)
+        figures[f"replay_status_only{label}_s"] = round(status_only.elapsed_s, 3)
+        del status_only
+    raw_s = await _read_and_decode(bootstrap, topics.events, events)
+    figures["read_and_decode_events_per_s"] = round(events / raw_s)
+    figures["read_and_decode_s"] = round(raw_s, 3)
+    return figures
 
 
 def main() -> None:

@@ -111,9 +111,12 @@ def replay_command(
 def _print_summary(summary: dict[str, Any], stream: TextIO) -> None:
     verdicts = summary["verdicts"]
     statuses = ", ".join(f"{n} {status}" for status, n in summary["statuses"].items())
+    rate = f"{summary['events_per_s']:,.0f} events/s"
+    if summary.get("processes", 1) > 1:
+        rate += f" in {summary['processes']} processes"
     lines = [
         f"replayed {summary['records']:,} records of {summary['topic']} in "
-        f"{summary['elapsed_s']:.2f} s ({summary['events_per_s']:,.0f} events/s)"
+        f"{summary['elapsed_s']:.2f} s ({rate})"
         + (f", up to {summary['until']}" if summary["until"] else ""),
         f"  {verdicts['applied']:,} applied, {verdicts['duplicate']:,} duplicates, "
         f"{verdicts['rejected']:,} rejected",

@@ -9,19 +9,27 @@ steps; none of them folds on its own, so a replay and the live worker run the sa
 
 The checks done here before :func:`~streams.domain.apply` are the fold agent's own: a record
 that does not decode (``undecodable``, ``unknown_schema``) or whose key is not its task id
-(``key_mismatch``) is refused without touching any state. No Kafka here: records come in as
+(``key_mismatch``) is refused without touching any state. Records are decoded with the
+agent's own :func:`schemas.records.event_of_record`. No Kafka here: records come in as
 :class:`LogRecord` values from :mod:`projections.replay` (or from a test).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
 from schemas.records import Refusal, event_of_record
-from streams.domain import Applied, Event, Rejected, Status, TaskState, apply_here
+from streams.domain import (
+    Applied,
+    Event,
+    Rejected,
+    Status,
+    TaskState,
+    apply_here,
+)
 from streams.domain.placement import misplaced, partition_of
 
 
@@ -125,6 +133,9 @@ class LogFold:
     """The partitions of the log: records are checked for their placement and follow-ups for
     tasks of the same partition applied at once, as the live fold does. None (a log without
     partitions, in a test): neither."""
+    _here_of: dict[int, Callable[[str], bool]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def step(self, record: LogRecord) -> Step:
         """Fold ``record`` (see :meth:`fold`) and return its own step."""
@@ -136,25 +147,35 @@ class LogFold:
 
         The first step is the record's own.
         """
-        key_text = record.key.decode("utf-8", "replace") if record.key is not None else None
-        event = event_of_record(record.key, record.value)
+        return self.fold_decoded(record, event_of_record(record.key, record.value))
+
+    def fold_decoded(self, record: LogRecord, event: Event | Refusal) -> list[Step]:
+        """:meth:`fold` for a record already decoded: ``event`` is what
+        :func:`schemas.records.event_of_record` gives for it."""
         if isinstance(event, Refusal):
+            key = record.key
+            key_text = key.decode("utf-8", "replace") if key is not None else None
             task_id = key_text or (event.event.task_id if event.event is not None else "")
             return [self._refused(record, task_id, event.event, event.reason, event.detail)]
         partitions = self.partitions
+        partition = record.position.partition
         if partitions is not None:
-            wrong = misplaced(record.key, record.position.partition, partitions)
+            wrong = misplaced(record.key, partition, partitions)
             if wrong is not None:
                 return [self._refused(record, event.task_id, event, "wrong_partition", wrong)]
+        here = self._here_of.get(partition)
+        if here is None:
+            here = self._here_of[partition] = self._here(partition)
         try:
-            applied = apply_here(event, self.states.get, self._here(record.position.partition))
+            applied = apply_here(event, self.states.get, here)
         except Exception as exc:  # the agent parks such an event too: a bug, not a verdict
             detail = f"{type(exc).__name__}: {exc}"
             return [self._refused(record, event.task_id, event, "processing_error", detail)]
-        steps = [self._applied(record, applied[0])]
-        for derived in applied[1:]:
-            if not derived.outcome.is_rejected:  # refused when its own record comes back
-                steps.append(replace(self._applied(record, derived), derived_here=True))
+        steps = [self._applied(record, applied[0], False)]
+        if len(applied) > 1:
+            for derived in applied[1:]:
+                if not derived.outcome.is_rejected:  # refused when its own record comes back
+                    steps.append(self._applied(record, derived, True))
         return steps
 
     def _here(self, partition: int) -> Callable[[str], bool]:
@@ -163,27 +184,39 @@ class LogFold:
             return lambda task_id: False
         return lambda task_id: partition_of(task_id.encode(), partitions) == partition
 
-    def _applied(self, record: LogRecord, applied: Applied) -> Step:
+    def _applied(self, record: LogRecord, applied: Applied, derived_here: bool) -> Step:
         event, before, outcome = applied.event, applied.before, applied.outcome
-        rejection = next((e for e in outcome.effects if isinstance(e, Rejected)), None)
-        if rejection is not None:
-            return self._refused(
-                record, event.task_id, event, str(rejection.code), rejection.reason
-            )
-        if outcome.state is before:
-            self.counts[Verdict.DUPLICATE] += 1
-            return Step(record, event.task_id, event, before, before, Verdict.DUPLICATE)
-        if outcome.state is not None:
-            self.states[event.task_id] = outcome.state
-        self.counts[Verdict.APPLIED] += 1
-        return Step(record, event.task_id, event, before, outcome.state, Verdict.APPLIED)
+        state = outcome.state
+        for effect in outcome.effects:
+            if isinstance(effect, Rejected):
+                return self._refused(
+                    record, event.task_id, event, str(effect.code), effect.reason, derived_here
+                )
+        counts = self.counts
+        if state is before:
+            counts[Verdict.DUPLICATE] += 1
+            verdict = Verdict.DUPLICATE
+        else:
+            if state is not None:
+                self.states[event.task_id] = state
+            counts[Verdict.APPLIED] += 1
+            verdict = Verdict.APPLIED
+        return Step(record, event.task_id, event, before, state, verdict, "", "", derived_here)
 
     def _refused(
-        self, record: LogRecord, task_id: str, event: Event | None, reason: str, detail: str
+        self,
+        record: LogRecord,
+        task_id: str,
+        event: Event | None,
+        reason: str,
+        detail: str,
+        derived_here: bool = False,
     ) -> Step:
         self.counts[Verdict.REJECTED] += 1
         state = self.states.get(task_id)
-        return Step(record, task_id, event, state, state, Verdict.REJECTED, reason, detail)
+        return Step(
+            record, task_id, event, state, state, Verdict.REJECTED, reason, detail, derived_here
+        )
 
 
 def feed(

@@ -14,10 +14,24 @@ Stop offsets, per partition (the replay reads offsets ``[beginning, stop)``):
   (records are stamped by their producer: a record stamped later than a newer one of the same
   partition counts where it stands in the log);
 - ``stop_offsets``: given explicitly (``orchestrator verify`` stops where a worker's table is).
+
+Partitions fold independently (a task's records are all in one partition), so a long replay
+whose views need only each task's last applied record (:class:`TaskStatusView`, or no view:
+``orchestrator verify``) is spread over worker processes, each with a consumer of its own
+reading its share of the partitions; they send back their states, which the parent puts
+together. Other views (``audit``, ``platforms``) observe every step, which would have to cross
+from process to process at about half the cost of folding it: those replays fold here.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import gc
+import os
+import pickle
+import struct
+import sys
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,9 +43,18 @@ from aiokafka.errors import KafkaError
 
 from projections.audit import AuditView
 from projections.instants import iso_utc
-from projections.log import LogFold, LogRecord, Position, Projection
+from projections.log import (
+    LogFold,
+    LogRecord,
+    Position,
+    Projection,
+    Step,
+    Verdict,
+)
 from projections.platforms import PlatformStatsView
 from projections.status import TaskStatusView
+from schemas.records import event_of_record
+from streams.domain import TaskState
 from streams.errors import InfrastructureError
 from streams.topics import TASK_EVENTS
 
@@ -41,6 +64,10 @@ FETCH_BYTES_PER_PARTITION = 16 * 1024 * 1024
 FETCH_BYTES = 64 * 1024 * 1024
 STALL_TIMEOUT_S = 60.0
 """A replay that reads nothing for this long while records remain fails instead of hanging."""
+PARALLEL_MIN_RECORDS = 200_000
+"""Fewer records than this fold in one process: starting worker processes (an interpreter,
+the imports, a consumer each) and sending their states back costs about a second, which a
+shorter replay does not win back on two cores."""
 
 PROJECTIONS: dict[str, Callable[[], Projection]] = {
     TaskStatusView.name: TaskStatusView,
@@ -93,6 +120,8 @@ class ReplayResult:
     elapsed_s: float
     log: LogFold
     projections: dict[str, Projection] = field(default_factory=dict)
+    processes: int = 1
+    """The processes that folded: 1, or the worker processes of a parallel replay."""
 
     @property
     def events_per_s(self) -> float:
@@ -117,6 +146,7 @@ class ReplayResult:
             "statuses": dict(sorted(statuses.items())),
             "elapsed_s": round(self.elapsed_s, 3),
             "events_per_s": round(self.events_per_s, 1),
+            "processes": self.processes,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -137,6 +167,7 @@ async def replay(
     keys: Collection[str] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     batch_records: int = BATCH_RECORDS,
+    processes: int | None = None,
 ) -> ReplayResult:
     """Fold ``topic`` from the beginning and feed ``projections``; return what was built.
 
@@ -151,6 +182,10 @@ async def replay(
             own records alone), e.g. for the audit of one task; the others are read, not decoded.
         on_progress: called after every batch.
         batch_records: the most records one ``getmany`` returns.
+        processes: fold in up to this many worker processes, a share of the partitions each,
+            when the views allow it (only :class:`TaskStatusView` views or none, no ``keys``);
+            None: so with one process per CPU when there are ``PARALLEL_MIN_RECORDS`` records
+            or more to read; 1: always in this process.
 
     Returns:
         The result: ``log.states`` (every task's state), ``records``, ``events_per_s``, the
@@ -162,22 +197,21 @@ async def replay(
     """
     views = list(projections) if projections is not None else [f() for f in PROJECTIONS.values()]
     wanted = frozenset(k.encode("utf-8") for k in keys) if keys is not None else None
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION,
-        fetch_max_bytes=FETCH_BYTES,
-        fetch_max_wait_ms=100,
-    )
+    consumer = _consumer(bootstrap_servers)
     try:
         count = await partition_count(bootstrap_servers, topic)
         await consumer.start()
         ranges = await _ranges(consumer, topic, count, until_ms, stop_offsets)
-        reader = _Reader(consumer, topic, ranges, views, wanted, on_progress, count)
-        await reader.run(batch_records)
+        shares = _shares(ranges, _processes(processes, ranges, views, wanted))
+        if len(shares) > 1:
+            await consumer.stop()
+            folded = await _fold_in_processes(
+                bootstrap_servers, topic, count, shares, views, on_progress, batch_records
+            )
+        else:
+            reader = _Reader(consumer, topic, ranges, views, wanted, on_progress, count)
+            await reader.run(batch_records)
+            folded = _Folded(reader.log, reader.records, reader.elapsed_s)
     except KafkaError as exc:
         raise InfrastructureError(
             f"cannot replay {topic} from Kafka at {bootstrap_servers}: {exc}", retriable=True
@@ -188,10 +222,25 @@ async def replay(
         topic=topic,
         until_ms=until_ms,
         ranges=ranges,
-        records=reader.records,
-        elapsed_s=reader.elapsed_s,
-        log=reader.log,
+        records=folded.records,
+        elapsed_s=folded.elapsed_s,
+        log=folded.log,
         projections={view.name: view for view in views},
+        processes=max(1, len(shares)),
+    )
+
+
+def _consumer(bootstrap_servers: str) -> AIOKafkaConsumer:
+    """A consumer with no group, reading ``read_committed`` in large fetches."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION,
+        fetch_max_bytes=FETCH_BYTES,
+        fetch_max_wait_ms=100,
     )
 
 
@@ -263,6 +312,27 @@ class _Reader:
         self.elapsed_s = 0.0
 
     async def run(self, batch_records: int) -> None:
+        # The fold makes several objects per record (the event, the states, the steps) and
+        # keeps most of them to the end: the fold's table and the views hold them. With the
+        # collector on, each is scanned again at every collection of an older generation, and
+        # the full ones come back each time the heap has grown by a quarter: about a third of
+        # the replay's time, to find nothing, as these objects form no reference cycles (a
+        # replay of 60,000 records leaves some 200 cyclic objects, the consumer's). So the
+        # collector is off while the replay reads and folds. Turned back on (if it was on), it
+        # would scan the replay's young objects at the next allocation; that one collection is
+        # made here, counted in the replay's time (about 5% of it).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            await self._run(batch_records)
+        finally:
+            if collecting:
+                gc.enable()
+                started = time.monotonic()
+                gc.collect(1)
+                self.elapsed_s += time.monotonic() - started
+
+    async def _run(self, batch_records: int) -> None:
         consumer = self._consumer
         consumer.assign(list(self._tps.values()))
         active = {p for p, r in self._ranges.items() if r.start < r.stop}
@@ -301,16 +371,293 @@ class _Reader:
 
     def _fold(self, partition: int, records: list[Any]) -> None:
         stop = self._ranges[partition].stop
-        fold = self.log.fold
-        views = self._views
+        fold = self.log.fold_decoded
+        observers = [view.observe for view in self._views]
         wanted = self._wanted
+        read = 0
         for r in records:
-            if r.offset >= stop:
+            offset = r.offset
+            if offset >= stop:
                 break
-            self.records += 1
-            if wanted is not None and r.key not in wanted:
+            read += 1
+            key = r.key
+            if wanted is not None and key not in wanted:
                 continue
-            record = LogRecord(Position(partition, r.offset), r.timestamp, r.key, r.value)
-            for folded in fold(record):
-                for view in views:
-                    view.observe(folded)
+            value = r.value
+            steps = fold(
+                LogRecord(Position(partition, offset), r.timestamp, key, value),
+                event_of_record(key, value),
+            )
+            for step in steps:
+                for observe in observers:
+                    observe(step)
+        self.records += read
+
+
+@dataclass(frozen=True)
+class _Folded:
+    """What the fold of every range gave: the fold, the records read, the seconds it took."""
+
+    log: LogFold
+    records: int
+    elapsed_s: float
+
+
+# -- parallel replays ---------------------------------------------------------------------------
+#
+# A worker is ``python -c _WORKER_BOOT``: it reads its request (a pickle) on stdin, folds its
+# partitions with a consumer of its own, and answers on stdout in frames: ``P`` (records read so
+# far, after every batch), then ``R`` (its states, verdict counts, records read and the position
+# of each task's last applied record) or ``E`` (an error). Not ``multiprocessing``: it would
+# import the caller's ``__main__`` module again in every worker.
+
+_FRAME = struct.Struct("!cQ")
+_COUNT = struct.Struct("!Q")
+_WORKER_BOOT = (
+    "import pickle, sys; request = pickle.load(sys.stdin.buffer); sys.path[:] = request['path']; "
+    "from projections.replay import _worker_main; _worker_main(request)"
+)
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _processes(
+    asked: int | None,
+    ranges: Mapping[int, PartitionRange],
+    views: Sequence[Projection],
+    wanted: frozenset[bytes] | None,
+) -> int:
+    """How many processes fold: 1 unless the views need only each task's last applied record
+    (see :func:`_fold_in_processes`) and there are enough records (or ``asked`` says so)."""
+    if asked is not None and asked <= 1:
+        return 1
+    if wanted is not None or not sys.executable:
+        return 1
+    if any(type(view) is not TaskStatusView for view in views):
+        return 1
+    if asked is None:
+        if sum(r.stop - r.start for r in ranges.values()) < PARALLEL_MIN_RECORDS:
+            return 1
+        asked = _cpus()
+    return asked
+
+
+def _shares(
+    ranges: Mapping[int, PartitionRange], processes: int
+) -> list[dict[int, PartitionRange]]:
+    """The partitions with records to read, dealt to at most ``processes`` workers, the largest
+    first, each to the worker with the fewest records so far."""
+    shares: list[dict[int, PartitionRange]] = [{} for _ in range(max(1, processes))]
+    loads = [0] * len(shares)
+    for partition, span in sorted(ranges.items(), key=lambda item: item[1].start - item[1].stop):
+        if span.stop > span.start:
+            least = loads.index(min(loads))
+            shares[least][partition] = span
+            loads[least] += span.stop - span.start
+    return [share for share in shares if share]
+
+
+class _LastApplied:
+    """Where each task's last applied record is (what :class:`TaskStatusView` adds to a state)."""
+
+    name = "last_applied"
+
+    def __init__(self) -> None:
+        self.positions: dict[str, tuple[int, int]] = {}
+
+    def observe(self, step: Step) -> None:
+        if step.verdict is Verdict.APPLIED and step.after is not None:
+            position = step.record.position
+            self.positions[step.task_id] = (position.partition, position.offset)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"positions": {t: f"{p}:{o}" for t, (p, o) in self.positions.items()}}
+
+
+async def _fold_in_processes(
+    bootstrap_servers: str,
+    topic: str,
+    partitions: int,
+    shares: list[dict[int, PartitionRange]],
+    views: Sequence[Projection],
+    on_progress: Callable[[Progress], None] | None,
+    batch_records: int,
+) -> _Folded:
+    """Fold each share of the partitions in a worker process of its own; put the states
+    together (they are disjoint: a task's records are all in its partition) and give each view,
+    a :class:`TaskStatusView`, one step per task: its state and its last applied record's
+    position, all such a view keeps of the steps of a task."""
+    started = time.monotonic()
+    total = sum(r.stop - r.start for share in shares for r in share.values())
+    read = [0] * len(shares)
+
+    def progress(worker: int, records: int) -> None:
+        read[worker] = records
+        if on_progress is not None:
+            on_progress(Progress(sum(read), total, time.monotonic() - started))
+
+    workers: list[asyncio.subprocess.Process] = []
+    try:
+        for _ in shares:
+            workers.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-c",
+                    _WORKER_BOOT,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                )
+            )
+        requests = [
+            {
+                "path": list(sys.path),
+                "bootstrap_servers": bootstrap_servers,
+                "topic": topic,
+                "partitions": partitions,
+                "ranges": {p: (r.start, r.stop) for p, r in share.items()},
+                "batch_records": batch_records,
+            }
+            for share in shares
+        ]
+        answers = await asyncio.gather(
+            *(
+                _ask(worker, request, functools.partial(progress, i))
+                for i, (worker, request) in enumerate(zip(workers, requests, strict=True))
+            )
+        )
+    finally:
+        for worker in workers:
+            if worker.returncode is None:
+                worker.kill()
+                await worker.wait()
+    collecting = gc.isenabled()
+    gc.disable()  # unpickling makes as many objects as the fold did: see _Reader.run
+    try:
+        loaded = []
+        for i in range(len(answers)):
+            loaded.append(pickle.loads(answers[i]))
+            answers[i] = b""  # each answer's bytes freed once read, not kept to the end
+        log, records = _merge(loaded, partitions, views)
+    finally:
+        if collecting:
+            gc.enable()
+    return _Folded(log, records, time.monotonic() - started)
+
+
+_Answer = tuple[dict[str, TaskState], dict[Verdict, int], int, dict[str, tuple[int, int]]]
+"""A worker's answer: its states, verdict counts, records read and last applied positions."""
+
+
+def _merge(
+    answers: Sequence[_Answer], partitions: int, views: Sequence[Projection]
+) -> tuple[LogFold, int]:
+    """The workers' folds as one, and the records they read; each view (a
+    :class:`TaskStatusView`) is shown one step per task, which stands for the task's last
+    applied record: its state after it and its position."""
+    log = LogFold(partitions=partitions)
+    read = 0
+    summaries: list[Step] = []
+    for states, counts, records, positions in answers:
+        read += records
+        log.states.update(states)
+        for verdict, n in counts.items():
+            log.counts[verdict] += n
+        for task_id, state in states.items():
+            partition, offset = positions[task_id]
+            record = LogRecord(Position(partition, offset), 0, None, b"")
+            summaries.append(Step(record, task_id, None, None, state, Verdict.APPLIED))
+    for view in views:
+        for summary in summaries:
+            view.observe(summary)
+    return log, read
+
+
+async def _ask(
+    worker: asyncio.subprocess.Process, request: dict[str, Any], progress: Callable[[int], None]
+) -> bytes:
+    """Send ``request`` to ``worker``; relay its progress; return its answer (a pickle)."""
+    assert worker.stdin is not None and worker.stdout is not None and worker.stderr is not None
+    worker.stdin.write(pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL))
+    await worker.stdin.drain()
+    worker.stdin.close()
+    errors = asyncio.ensure_future(worker.stderr.read())
+    try:
+        while True:
+            try:
+                kind, size = _FRAME.unpack(await worker.stdout.readexactly(_FRAME.size))
+                payload = await worker.stdout.readexactly(size)
+            except asyncio.IncompleteReadError:
+                status = await worker.wait()
+                said = (await errors).decode("utf-8", "replace").strip().splitlines()[-5:]
+                raise InfrastructureError(
+                    f"a replay worker process exited with status {status}"
+                    + (": " + " | ".join(said) if said else "")
+                ) from None
+            if kind == b"P":
+                progress(_COUNT.unpack(payload)[0])
+            elif kind == b"R":
+                await worker.wait()
+                return payload
+            else:
+                infrastructure, message, retriable = pickle.loads(payload)
+                if infrastructure:
+                    raise InfrastructureError(message, retriable=retriable)
+                raise RuntimeError(f"a replay worker process failed: {message}")
+    finally:
+        errors.cancel()
+
+
+def _worker_main(request: dict[str, Any]) -> None:
+    """A worker process: fold the request's partitions, answer on stdout, exit."""
+    gc.disable()  # a short-lived process: it collects nothing worth the scans (see _Reader.run)
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever else prints goes to stderr, not into the frames
+    sys.stdout = sys.stderr
+
+    def send(kind: bytes, payload: bytes) -> None:
+        out.write(_FRAME.pack(kind, len(payload)))
+        out.write(payload)
+        out.flush()
+
+    try:
+        answer = asyncio.run(_worker(request, send))
+        send(b"R", pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception as exc:  # the parent raises it as the replay's error
+        if isinstance(exc, InfrastructureError):
+            send(b"E", pickle.dumps((True, str(exc), exc.retriable)))
+        else:
+            send(b"E", pickle.dumps((False, f"{type(exc).__name__}: {exc}", False)))
+    out.close()
+    os._exit(0)  # not tearing down the fold's objects one by one: the parent has them now
+
+
+async def _worker(request: dict[str, Any], send: Callable[[bytes, bytes], None]) -> tuple[Any, ...]:
+    bootstrap_servers, topic = request["bootstrap_servers"], request["topic"]
+    ranges = {p: PartitionRange(start, stop) for p, (start, stop) in request["ranges"].items()}
+    last = _LastApplied()
+    consumer = _consumer(bootstrap_servers)
+    try:
+        await consumer.start()
+        reader = _Reader(
+            consumer,
+            topic,
+            ranges,
+            [last],
+            None,
+            lambda progress: send(b"P", _COUNT.pack(progress.records)),
+            request["partitions"],
+        )
+        await reader.run(request["batch_records"])
+    except KafkaError as exc:
+        raise InfrastructureError(
+            f"cannot replay {topic} from Kafka at {bootstrap_servers}: {exc}", retriable=True
+        ) from exc
+    finally:
+        await consumer.stop()
+    return reader.log.states, reader.log.counts, reader.records, last.positions
