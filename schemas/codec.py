@@ -17,6 +17,7 @@ from typing import Any, cast
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from schemas.writer import compile_writer
 from streams.errors import SchemaError, UnknownSchemaError
 
 MAGIC = b"\xc3\x01"
@@ -67,6 +68,7 @@ class SingleObjectCodec:
         self._schema = parse_schema(schema)
         self._fingerprint = schema_fingerprint(schema)
         self._header = MAGIC + self._fingerprint
+        self._compiled = compile_writer(schema, self._header)
         self._writers: dict[bytes, Any] = {self._fingerprint: self._schema}
         for writer in known_writers:
             self._writers[schema_fingerprint(writer)] = parse_schema(writer)
@@ -82,6 +84,11 @@ class SingleObjectCodec:
         Raises:
             SchemaError: the record does not fit the schema.
         """
+        if self._compiled is not None:
+            try:
+                return self._compiled(record)
+            except Exception:
+                pass
         buffer = io.BytesIO()
         buffer.write(self._header)
         try:
