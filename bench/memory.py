@@ -31,6 +31,15 @@ SAMPLES = 20
 """Tasks whose status is read from the worker before the memory is taken."""
 
 
+TEMPLATE_ID = "tXXXXXXX"
+"""The id templated states are made with: as long as every :func:`numbered_id`."""
+
+
+def numbered_id(i: int) -> str:
+    """The id of task ``i`` (up to 10 million): ``t`` and 7 digits, the template's length."""
+    return f"t{i:07d}"
+
+
 def _event_ids(task_id: str) -> list[str]:
     return [derived_event_id("bench", task_id, kind) for kind in ("created", "started", "done")]
 
@@ -49,23 +58,25 @@ def completed_state(task_id: str, at_ms: int) -> bytes:
 class Changelog:
     """Table records of completed tasks ``t0``, ``t1``, ... as the fold would store them.
 
-    A million folds would take minutes of CPU on these machines; the value is the same JSON
-    for every task but for its id and its three event ids, so it is made once and those are
-    put in. :meth:`check` compares a sample with real folds.
+    A million folds would take minutes of CPU on these machines; the value is the same for
+    every task but for its id and its three event ids, so it is made once and those are put
+    in. The stored bytes carry string lengths (MessagePack), so every id has the template's
+    length: task ids are ``t`` and 7 digits (:func:`numbered_id`), event ids are uuids.
+    :meth:`check` compares a sample with real folds.
     """
 
     def __init__(self, at_ms: int) -> None:
         self.at_ms = at_ms
-        self._template = completed_state("@task@", at_ms)
-        self._marks = [mark.encode() for mark in _event_ids("@task@")]
+        self._template = completed_state(TEMPLATE_ID, at_ms)
+        self._marks = [mark.encode() for mark in _event_ids(TEMPLATE_ID)]
 
     def record(self, i: int) -> tuple[bytes, bytes]:
-        """Key and value of task ``t{i}``."""
-        task_id = f"t{i}"
-        value = self._template.replace(b"@task@", task_id.encode())
-        for mark, real in zip(self._marks, _event_ids(task_id), strict=True):
+        """Key and value of task :func:`numbered_id` ``(i)``."""
+        key = numbered_id(i)
+        value = self._template.replace(TEMPLATE_ID.encode(), key.encode())
+        for mark, real in zip(self._marks, _event_ids(key), strict=True):
             value = value.replace(mark, real.encode())
-        return task_id.encode(), value
+        return key.encode(), value
 
     def records(self, count: int) -> Iterator[tuple[bytes, bytes]]:
         """Records of tasks ``t0`` ... ``t{count-1}``."""
@@ -74,8 +85,8 @@ class Changelog:
     def check(self, count: int, samples: int = 200) -> None:
         """Raise AssertionError unless sampled records equal the fold's own states."""
         for i in random.sample(range(count), min(count, samples)):
-            if self.record(i)[1] != completed_state(f"t{i}", self.at_ms):
-                raise AssertionError(f"templated state of t{i} differs from the fold's")
+            if self.record(i)[1] != completed_state(numbered_id(i), self.at_ms):
+                raise AssertionError(f"templated state of {numbered_id(i)} differs from the fold's")
 
 
 async def memory_case(bootstrap: str, root: Path, tasks: int) -> list[Result]:
@@ -127,7 +138,7 @@ async def _serving(worker: WorkerProcess, tasks: int, timeout_s: float) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"worker not done restoring:\n{worker.log_tail()}")
         await asyncio.sleep(0.5)
-    pending = {f"t{i}" for i in random.sample(range(tasks), min(tasks, SAMPLES))}
+    pending = {numbered_id(i) for i in random.sample(range(tasks), min(tasks, SAMPLES))}
     async with aiohttp.ClientSession() as http:
         while pending:
             for task_id in sorted(pending):
