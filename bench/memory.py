@@ -2,12 +2,13 @@
 
 Folding a million lifecycles through a worker would take most of the run, so the table gets its
 tasks the way a replacement worker gets them after a crash: from the table's changelog topic
-(``{app_id}-tasks-changelog``, raw task-id keys, ``encode_state`` values, each in the partition
-of its task's ``task.events`` partition). The changelog is pre-filled with the state the fold
-reaches for each task after created, started and completed (what ``bench.fold`` feeds), then a
-fresh worker restores all of it into RocksDB, rebuilds its deadline index over the whole table,
-and serves status reads of sampled tasks. The figure is that process's peak resident set size
-(``VmHWM`` in ``/proc/<pid>/status``), which covers recovery, the full-table scan and serving.
+(``{orchestrator_id}-tasks-changelog``, raw task-id keys, ``encode_state`` values, each in the
+partition of its task's ``task.events`` partition). The changelog is pre-filled with the state
+the fold reaches for each task after created, started and completed (what ``bench.fold``
+feeds), then a fresh worker restores all of it into RocksDB, rebuilds its deadline index over
+the whole table, and serves status reads of sampled tasks. The figure is that process's peak
+resident set size (``VmHWM`` in ``/proc/<pid>/status``), which covers recovery, the full-table
+scan and serving.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from bench.workload import PARTITIONS, Result, created, event, produce_records, 
 from streams.domain import TaskCompleted, TaskStarted, derived_event_id, fold
 from streams.process import WorkerProcess
 from streams.state_codec import encode_state
-from streams.topics import TopicNames, ensure_topics
+from streams.topics import TopicNames, ensure_topics, tasks_changelog
 
 SAMPLES = 20
 """Tasks whose status is read from the worker before the memory is taken."""
@@ -93,7 +94,8 @@ async def memory_case(bootstrap: str, root: Path, tasks: int) -> list[Result]:
     """``worker_rss_mb_1m_tasks`` and ``worker_restore_tasks_per_s`` with ``tasks`` tasks."""
     name = unique("mem")
     await ensure_topics(bootstrap, PARTITIONS, TopicNames(f"{name}."))
-    changelog = f"{name}-tasks-changelog"
+    # the worker's orchestrator id is its topic prefix and app id (Settings.orchestrator_id)
+    changelog = tasks_changelog(f"{name}.{name}")
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
