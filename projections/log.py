@@ -30,7 +30,7 @@ from streams.domain import (
     TaskState,
     apply_here,
 )
-from streams.domain.placement import misplaced, partition_of
+from streams.domain.placement import misplaced, on_partition
 
 
 @dataclass(frozen=True, order=True)
@@ -179,10 +179,9 @@ class LogFold:
         return steps
 
     def _here(self, partition: int) -> Callable[[str], bool]:
-        partitions = self.partitions
-        if partitions is None:
+        if self.partitions is None:
             return lambda task_id: False
-        return lambda task_id: partition_of(task_id.encode(), partitions) == partition
+        return on_partition(partition, self.partitions)
 
     def _applied(self, record: LogRecord, applied: Applied, derived_here: bool) -> Step:
         event, before, outcome = applied.event, applied.before, applied.outcome

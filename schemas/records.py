@@ -9,7 +9,7 @@ caller can send the original bytes to the dead-letter topic.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
@@ -358,7 +358,7 @@ def _plain_decoder() -> _PlainDecoder | None:
         schema_names = fields_of.get(name)
         if schema_names is None:
             continue
-        names = tuple(f.name for f in fields(cls))
+        names = _field_names(cls)
         if not set(names) <= set(schema_names):
             continue  # a field the schema lacks: the exact path says why it is refused
         payloads[name] = _Payload(

@@ -10,9 +10,9 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from streams.domain.placement import misplaced, partition_of
+from streams.domain.placement import misplaced, on_partition, partition_of
 
-__all__ = ["misplaced", "partition_of", "partitioner"]
+__all__ = ["misplaced", "on_partition", "partition_of", "partitioner"]
 
 
 def partitioner(key: bytes | None, all_partitions: Sequence[int], available: Sequence[int]) -> int:

@@ -66,7 +66,7 @@ from streams.domain import Effect, FollowUp, Rejected, TaskState, apply_here
 from streams.domain.timers import next_deadline
 from streams.logs import log_retries, shown
 from streams.outputs import effect_record
-from streams.partitions import misplaced, partition_of
+from streams.partitions import misplaced, on_partition, partitioner
 from streams.state_codec import decode_state
 from streams.task_store import PartitionStore
 from streams.topics import tasks_changelog
@@ -186,20 +186,19 @@ class _Outbox:
         self._producer = producer
         self._sent = sent
         self._open: dict[tuple[str, int], tuple[BatchBuilder, int]] = {}
-        self._counts: dict[str, int] = {}
+        self._partitions: dict[str, list[int]] = {}
         self.last: dict[tuple[str, int], tuple[asyncio.Future[RecordMetadata], int]] = {}
         """Per topic partition, the delivery of the last batch sent and its record count."""
 
     def _partition(self, topic: str, key: bytes | None) -> int:
-        count = self._counts.get(topic)
-        if count is None:
+        """Where the producer's own partitioner would put ``key`` on ``topic``."""
+        partitions = self._partitions.get(topic)
+        if partitions is None:
             found = self._producer.client.cluster.partitions_for_topic(topic)
             if not found:
                 raise KafkaError(f"no metadata for topic {topic}")
-            count = self._counts[topic] = len(found)
-        if key is None:
-            return 0  # a DLQ copy of a record that had no key
-        return partition_of(key, count)
+            partitions = self._partitions[topic] = sorted(found)
+        return partitioner(key, partitions, partitions)
 
     async def add(
         self,
@@ -249,8 +248,6 @@ class _Partition:
     next_offset: int
     """The offset of the next record to fold: everything before it is folded."""
     in_transaction: bool = False
-    last_changelog_write: tuple[asyncio.Future[RecordMetadata], int] | None = None
-    """The delivery of the transaction's last changelog batch, and its record count."""
     deliveries: list[tuple[int, asyncio.Future[RecordMetadata]]] | None = None
     """Each send of the open transaction, with the offset of the record that caused it."""
     ended: list[tuple[str, str]] | None = None
@@ -287,9 +284,7 @@ class _Partition:
         self.changed_by = {}
 
     async def write_changelog(self, changelog: str) -> None:
-        """Send each changed state once, as it stands now, to the partition's changelog (the
-        last batch of the changelog partition holds the transaction's last changelog record:
-        its delivery gives the checkpoint).
+        """Send each changed state once, as it stands now, to the partition's changelog.
 
         A send refused at once (a state over the topic's limit) leaves in ``blamed`` the offset
         of the last record that changed that state.
@@ -300,7 +295,6 @@ class _Partition:
             await self.outbox.add(changelog, key, value, [], self.blamed, self.number)
         self.changed_by = {}
         await self.outbox.flush()
-        self.last_changelog_write = self.outbox.last.get((changelog, self.number))
 
     def sent(self, offset: int, sent: asyncio.Future[RecordMetadata]) -> None:
         """Remember a send of the record at ``offset``: the commit waits for its acknowledgement."""
@@ -575,9 +569,11 @@ class FoldService(AssignedPartitions):
                     {events: part.next_offset}, self.group
                 )
                 await part.producer.commit_transaction()
+                # the last changelog batch holds the transaction's last changelog record
                 checkpoint = None
-                if part.last_changelog_write is not None:
-                    last_batch, records = part.last_changelog_write
+                last_changelog = part.outbox.last.get((self.changelog, part.number))
+                if last_changelog is not None:
+                    last_batch, records = last_changelog
                     checkpoint = (await last_batch).offset + records
         except (*TRANSACTION_ERRORS, TimeoutError) as exc:
             self._failed(part, exc, None, surely=False)
@@ -585,7 +581,6 @@ class FoldService(AssignedPartitions):
             return False
         self.runtime.metrics.fold_commits.labels("committed").inc()
         part.in_transaction = False
-        part.last_changelog_write = None
         part.deliveries = None
         part.outbox.last = {}
         ended, part.ended = part.ended or [], None
@@ -838,6 +833,8 @@ class _Folding:
         self._part = part
         self._record = record
         self._partitions = service.runtime.settings.partitions
+        self._here = on_partition(part.number, self._partitions)
+        """Whether a task (by id) is folded on this record's partition."""
         # where each output came from: an audit can trace any record back to its event
         self._provenance = [
             ("source.topic", record.topic.encode()),
@@ -915,10 +912,6 @@ class _Folding:
     def _state_of(self, task_id: str) -> TaskState | None:
         state: TaskState | None = self._part.store.get_object(task_id.encode(), decode_state)
         return state
-
-    def _here(self, task_id: str) -> bool:
-        """Whether ``task_id`` is folded on this record's partition."""
-        return partition_of(task_id.encode(), self._partitions) == self._part.number
 
     def _output(self, effect: Effect) -> _Output:
         if isinstance(effect, Rejected):

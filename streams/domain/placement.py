@@ -15,6 +15,7 @@ so writes, reads and the fold agree. A record another producer put elsewhere is 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from functools import lru_cache
 
 GROUP_SEPARATOR = b"/"
@@ -61,6 +62,12 @@ def partition_of(key: bytes, partitions: int) -> int:
     """The partition of task ``key`` among ``partitions`` (memoised: the fold checks the
     partition of every record it folds)."""
     return (murmur2(placement_key(key)) & 0x7FFFFFFF) % partitions
+
+
+def on_partition(partition: int, partitions: int) -> Callable[[str], bool]:
+    """Whether a task (by id) lives on ``partition`` of ``partitions``: what the fold and the
+    replay pass to :func:`streams.domain.apply_here` as ``here``."""
+    return lambda task_id: partition_of(task_id.encode(), partitions) == partition
 
 
 def misplaced(key: bytes | None, partition: int, partitions: int) -> str | None:

@@ -13,11 +13,15 @@ from __future__ import annotations
 import time
 import uuid
 
-from schemas import decode_event, decode_ready
+import pytest
+from aiokafka.partitioner import murmur2
+
+from schemas import decode_event, decode_ready, encode_event
 from streams.client import TaskManager
-from streams.domain import DependencyResolved
+from streams.domain import DependencyResolved, Event, Source, TaskCreated
+from streams.errors import TaskNotFoundError
 from tests.integration.conftest import PARTITIONS
-from tests.integration.kafka_io import Follower, Record, partition_of
+from tests.integration.kafka_io import Follower, Record, partition_of, produce
 
 
 def _source(record: Record) -> tuple[int, int]:
@@ -74,3 +78,31 @@ async def test_a_group_of_three_is_ready_one_hop_after_each_dependency(
         await tm.complete_task(c, {"done": c})
         statuses = {t: (await tm.get_task_status(t))["status"] for t in (a, b, c)}
     assert statuses == dict.fromkeys((a, b, c), "completed")
+
+
+async def test_a_grouped_task_written_where_another_partitioner_puts_it_is_dead_lettered(
+    client_config: dict[str, object], bootstrap_servers: str
+) -> None:
+    # Kafka's default partitioner hashes the whole key: for most ids that is not the group's
+    # partition, and the task's history would be split over two partitions
+    task_id = f"wf-{uuid.uuid4().hex[:8]}/fetch"
+    while (murmur2(task_id.encode()) & 0x7FFFFFFF) % PARTITIONS == partition_of(
+        task_id, PARTITIONS
+    ):
+        task_id = f"wf-{uuid.uuid4().hex[:8]}/fetch"
+    payload = TaskCreated("step", "internal", "x", 5, (), 60_000, 1, 0, 60_000, 60_000)
+    event = Event(str(uuid.uuid4()), task_id, 1_700_000_000_000, Source.CLIENT, payload)
+    async with Follower(bootstrap_servers, "task.events.dlq") as dlq:
+        await produce(bootstrap_servers, "task.events", [(task_id.encode(), encode_event(event))])
+        reasons: dict[str, str] = {}
+        deadline = time.monotonic() + 30
+        while task_id not in reasons and time.monotonic() < deadline:
+            for record in await dlq.next_batch():
+                headers = dict(record.headers)
+                reasons[(record.key or b"").decode()] = headers["reason"].decode()
+    assert reasons.get(task_id) == "wrong_partition", reasons
+    async with TaskManager(client_config) as tm:
+        with pytest.raises(TaskNotFoundError):
+            await tm.get_task_status(task_id)
+        await tm.create_task("step", "internal", "x", task_id=task_id)  # placed by its group
+        assert (await tm.get_task_status(task_id))["status"] == "ready"
