@@ -101,6 +101,9 @@ async def consume(broker: str, topic: str, group: str, max_records: int | None) 
             batches = await consumer.getmany(timeout_ms=1000, max_records=limit)
             for records in batches.values():
                 for message in records:
+                    if message.value is None:  # a tombstone: the task's result expired
+                        processed += 1
+                        continue
                     try:
                         handle(decoder.decode(message.value or b""))
                     except ValueError as exc:

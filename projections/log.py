@@ -198,6 +198,8 @@ class LogFold:
         else:
             if state is not None:
                 self.states[event.task_id] = state
+            else:  # retired: gone from the table
+                self.states.pop(event.task_id, None)
             counts[Verdict.APPLIED] += 1
             verdict = Verdict.APPLIED
         return Step(record, event.task_id, event, before, state, verdict, "", "", derived_here)

@@ -33,8 +33,12 @@ class TaskStatusView:
 
     def observe(self, step: Step) -> None:
         """Keep the state an applied record produced."""
-        if step.verdict is Verdict.APPLIED and step.after is not None:
+        if step.verdict is not Verdict.APPLIED:
+            return
+        if step.after is not None:
             self._tasks[step.task_id] = TaskEntry(step.after, step.record.position)
+        else:  # retired: gone from the table, as from the worker's
+            self._tasks.pop(step.task_id, None)
 
     def entry(self, task_id: str) -> TaskEntry | None:
         """The task's state and where it comes from, or None if no record created it."""

@@ -53,6 +53,11 @@ class Settings:
     """Base of the exponential retry backoff."""
     result_ttl: float = 86_400.0
     """How long a completed task's result is served."""
+    task_retention: float = 604_800.0
+    """Seconds a finished task (completed, failed, cancelled, or an id found missing) stays in
+    the worker's tasks table after its last change; then the timer writes ``TaskRetired`` and
+    the task leaves the table (its status answers 404; its history stays in ``task.events``,
+    ``audit`` and ``replay``). Default 7 days. Env: ``ORCHESTRATOR_TASK_RETENTION``."""
     dependency_wait: float = 3_600.0
     """How long a task waits for a dependency that does not exist yet before it is cancelled."""
     max_rate_limited: int = 10
@@ -142,6 +147,11 @@ class Settings:
         return f"{self.topic_prefix}{self.app_id}" if self.topic_prefix else self.app_id
 
     @property
+    def task_retention_ms(self) -> int:
+        """``task_retention`` in milliseconds, as the timer passes it to the pure core."""
+        return int(self.task_retention * 1000)
+
+    @property
     def max_attempts(self) -> int:
         """Attempts in all: the first run plus ``max_retries``."""
         return self.max_retries + 1
@@ -167,6 +177,7 @@ _POSITIVE = {
     "timer_interval",
     "ageing",
     "health_stall_s",
+    "task_retention",
 }
 _NON_NEGATIVE = {
     "max_retries",

@@ -11,6 +11,7 @@ process and platform collectors: ``process_cpu_seconds_total``, ``process_reside
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 from prometheus_client import (
@@ -40,6 +41,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._counts: collections.Counter[tuple[str, tuple[str, str]]] = collections.Counter()
+        """Task counts not yet added to ``tasks`` (see :meth:`flush_fold`)."""
         r = self.registry
         # CPU, memory, open file descriptors of this worker's process (read from /proc at each
         # scrape; nothing on systems without it) and the Python version, as python_info
@@ -152,37 +155,49 @@ class Metrics:
         self.healthy.set(1)
 
     def observe_fold(self, before: TaskState | None, event: Event, after: TaskState | None) -> None:
-        """Count what an accepted event did to a task."""
+        """Count what an accepted event did to a task.
+
+        Counts are kept aside and added to the counters by :meth:`flush_fold`, once per fetched
+        batch: a counter's ``inc`` takes a lock, and most events of a batch count the same few
+        things. Histograms observe each value at once (every value lands in its own bucket).
+        """
         if after is None or after is before:
             return
         labels = (after.platform, after.task_type)
         old = before.status if before is not None else None
         new = after.status
         kind = event.kind
+        counts = self._counts
         if kind == "TaskCreated":
-            self._child(self.tasks["created"], labels).inc()
+            counts[("created", labels)] += 1
         elif kind == "TaskProgress":
             self._child(self.progress, (after.platform,)).observe(after.progress)
         if kind == "TaskTimedOut":
-            self._child(self.tasks["timed_out"], labels).inc()
+            counts[("timed_out", labels)] += 1
         if new is old:
             return
         if new is Status.RUNNING:
-            self._child(self.tasks["started"], labels).inc()
+            counts[("started", labels)] += 1
         if new in (Status.DISPATCHED, Status.RUNNING) and old is Status.READY:
             self._child(self.queue_wait, (after.platform,)).observe(
                 _seconds_in(before, Status.READY, event)
             )
         if new is Status.RETRYING:
-            self._child(self.tasks["retried"], labels).inc()
+            counts[("retried", labels)] += 1
         if new in _TERMINAL_COUNTERS:
-            self._child(self.tasks[_TERMINAL_COUNTERS[new]], labels).inc()
+            counts[(_TERMINAL_COUNTERS[new], labels)] += 1
         if new is Status.COMPLETED:
             first_start = next((t.at_ms for t in after.history if t.status is Status.RUNNING), None)
             if first_start is not None:
                 self._child(self.duration, labels).observe(
                     max(0, event.occurred_at_ms - first_start) / 1000
                 )
+
+    def flush_fold(self) -> None:
+        """Add the counts :meth:`observe_fold` kept aside to the task counters."""
+        counts, self._counts = self._counts, collections.Counter()
+        for (name, labels), count in counts.items():
+            self._child(self.tasks[name], labels).inc(count)
 
     def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
         """``metric.labels(*labels)``, looked up once: the fold counts every event, and

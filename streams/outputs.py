@@ -9,15 +9,23 @@ from __future__ import annotations
 
 from schemas import encode_completed, encode_event, encode_ready
 from schemas.records import encode_signal
-from streams.domain import CompletedTask, Effect, FollowUp, ReadyToSchedule, Released
+from streams.domain import (
+    CompletedTask,
+    Effect,
+    FollowUp,
+    ReadyToSchedule,
+    Released,
+    ResultExpired,
+)
 from streams.domain.signals import SchedulerSignal, TaskReleased
 from streams.topics import TopicNames
 
 
 def effect_record(
     effect: Effect, topics: TopicNames, event_time_ms: int
-) -> tuple[str, bytes, bytes]:
-    """``(topic, key, value)`` of ``effect``; ``event_time_ms`` dates scheduler signals.
+) -> tuple[str, bytes, bytes | None]:
+    """``(topic, key, value)`` of ``effect``; ``event_time_ms`` dates scheduler signals. A value
+    of None is a tombstone (an expired result, removed from the compacted ``task.completed``).
 
     Raises:
         TypeError: ``effect`` is a ``Rejected`` (see the module doc) or unknown.
@@ -28,6 +36,8 @@ def effect_record(
         return topics.events, effect.event.task_id.encode("utf-8"), encode_event(effect.event)
     if isinstance(effect, CompletedTask):
         return topics.completed, effect.task_id.encode("utf-8"), encode_completed(effect)
+    if isinstance(effect, ResultExpired):
+        return topics.completed, effect.task_id.encode("utf-8"), None
     if isinstance(effect, Released):
         released = TaskReleased(effect.task_id, effect.completed, effect.throttled_ms)
         signal = SchedulerSignal(effect.platform, event_time_ms, released)

@@ -72,7 +72,8 @@ class PartitionStore:
     def get(self, key: bytes) -> bytes | None:
         """The task's latest state, uncommitted writes included (None: no such task)."""
         if key in self.objects:
-            return self._encoded(self.objects[key])
+            latest = self.objects[key]
+            return None if latest is None else self._encoded(latest)
         if key in self.uncommitted:
             return self.uncommitted[key]
         value: bytes | None = self._db.get(key)
@@ -92,13 +93,17 @@ class PartitionStore:
         return decode(stored) if stored is not None else None
 
     def put_object(self, key: bytes, value: Any) -> None:
-        """Store a new value as an object: it is encoded once, when the transaction commits."""
+        """Store a new value as an object: it is encoded once, when the transaction commits
+        (None deletes the key)."""
         self.objects[key] = value
 
-    def encode_objects(self) -> list[tuple[bytes, bytes]]:
+    def encode_objects(self) -> list[tuple[bytes, bytes | None]]:
         """Encode the values written as objects into :attr:`uncommitted`, for the commit;
-        returns them (key, encoded value), for the changelog."""
-        encoded = [(key, self._encoded(value)) for key, value in self.objects.items()]
+        returns them (key, encoded value or None for a deletion), for the changelog."""
+        encoded = [
+            (key, None if value is None else self._encoded(value))
+            for key, value in self.objects.items()
+        ]
         self.uncommitted.update(encoded)
         self.objects = {}
         return encoded
@@ -110,6 +115,7 @@ class PartitionStore:
 
     def delete(self, key: bytes) -> None:
         """Delete a key; the deletion reaches the database when the transaction commits."""
+        self.objects.pop(key, None)
         self.uncommitted[key] = None
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
@@ -127,7 +133,8 @@ class PartitionStore:
             if pending is not None and key not in self.objects:
                 yield key, pending
         for key, value in self.objects.items():
-            yield key, self._encoded(value)
+            if value is not None:
+                yield key, self._encoded(value)
 
     def commit(self, checkpoint: int | None) -> None:
         """The transaction committed: write its states (and the new checkpoint) atomically.

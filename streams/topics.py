@@ -87,6 +87,11 @@ class TopicSpec:
     config: dict[str, str]
 
 
+COMPACTED_SEGMENTS = {"segment.ms": str(60 * 60 * 1000), "segment.bytes": str(64 * 1024 * 1024)}
+"""Segments of the compacted topics roll hourly or at 64 MiB: Kafka compacts only closed
+segments, and with its 1 GiB default a changelog's superseded states and tombstones (expired
+results, retired tasks) stayed on disk for good."""
+
 TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(
         TASK_EVENTS,
@@ -100,7 +105,11 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(TASK_DISPATCH, {"retention.ms": str(7 * 24 * 60 * 60 * 1000)}),
     TopicSpec(
         TASK_COMPLETED,
-        {"cleanup.policy": "compact", "max.message.bytes": str(EVENT_RECORD_MAX_BYTES)},
+        {
+            "cleanup.policy": "compact",
+            "max.message.bytes": str(EVENT_RECORD_MAX_BYTES),
+            **COMPACTED_SEGMENTS,
+        },
     ),
     TopicSpec(
         TASK_EVENTS_DLQ,
@@ -147,6 +156,7 @@ async def ensure_topics(
         changelog_config = {
             "cleanup.policy": "compact",
             "max.message.bytes": str(LARGE_RECORD_MAX_BYTES),
+            **COMPACTED_SEGMENTS,
         }
         specs.append(TopicSpec(tasks_changelog(app_id), changelog_config))
         specs.append(TopicSpec(scheduler_changelog(app_id), changelog_config))

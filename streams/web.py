@@ -96,17 +96,18 @@ def register(runtime: Runtime, fold: FoldService, scheduler: SchedulerService) -
         state, error = await _read(runtime, fold, self, request, task_id)
         if state is None:
             return error
+        expires_at_ms = state.result_expires_at_ms() or 0
+        if state.status is Status.COMPLETED and not state.result_available(_now_ms()):
+            # past its result_ttl, whether the timer's TaskResultExpired has dropped it yet
+            detail = f"the result of {task_id} expired at {expires_at_ms} ms"
+            return self.json(
+                {"error": "expired", "detail": detail, "expired_at_ms": expires_at_ms}, status=410
+            )
         if state.status is not Status.COMPLETED or state.result is None:
             detail = f"task {task_id} is {state.status}, not completed"
             return self.json(
                 {"error": "not_completed", "detail": detail, "status": str(state.status)},
                 status=409,
-            )
-        expires_at_ms = state.result_expires_at_ms() or 0
-        if not state.result_available(_now_ms()):
-            detail = f"the result of {task_id} expired at {expires_at_ms} ms"
-            return self.json(
-                {"error": "expired", "detail": detail, "expired_at_ms": expires_at_ms}, status=410
             )
         return self.json(
             {
@@ -216,6 +217,10 @@ def status_document(state: TaskState, now_ms: int) -> dict[str, Any]:
     for name in _HIDDEN_FIELDS:
         document.pop(name, None)
     document["result_available"] = state.result_available(now_ms)
+    expires_at_ms = state.result_expires_at_ms()
+    document["result_expired"] = (
+        state.status is Status.COMPLETED and expires_at_ms is not None and now_ms >= expires_at_ms
+    )
     document["waiting_on"] = waiting_on(state)
     return document
 

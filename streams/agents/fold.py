@@ -204,7 +204,7 @@ class _Outbox:
         self,
         topic: str,
         key: bytes | None,
-        value: bytes,
+        value: bytes | None,
         headers: list[tuple[str, bytes]],
         offset: int,
         partition: int | None = None,
@@ -262,6 +262,9 @@ class _Partition:
     last_commit: float = 0.0
     """When its last commit started (``time.monotonic``)."""
     held: list[ConsumerRecord[bytes, bytes]] = field(default_factory=list)
+    touched: dict[str, TaskState | None] = field(default_factory=dict)
+    """The tasks the batch being folded changed, each with its newest state: their deadlines
+    are tracked once the batch is folded."""
     """Records fetched while its commit was under way, folded once it is done."""
     urgent: bool = False
     """Its transaction holds a follow-up for a task of another partition: that partition folds
@@ -454,15 +457,26 @@ class FoldService(AssignedPartitions):
                         await part.outbox.flush()  # the batch's outputs, sent as it folds on
                     except TRANSACTION_ERRORS as exc:
                         self._failed(part, exc, before, surely=False)
+                self._track_deadlines(part)
                 if part.next_offset > before:  # once per batch: readers wake up once
                     await self.runtime.processed.advance(part.number, part.next_offset - 1)
                 self._folding = None
                 if part.broken:
                     failed.add(part.number)
+            self.runtime.metrics.flush_fold()
             self._start_due_commits()
         if failed:
             await self._wait_for_commits()
             self._reopen(failed)
+
+    def _track_deadlines(self, part: _Partition) -> None:
+        """Tell the deadline index the next deadline of each task the batch changed, as its
+        state stands after the batch (a task changed three times is looked at once)."""
+        track = self.runtime.deadlines.track
+        retention_ms = self.runtime.settings.task_retention_ms
+        for task_id, state in part.touched.items():
+            track(task_id, None if state is None else next_deadline(state, retention_ms))
+        part.touched = {}
 
     def _fetch_wait_ms(self) -> int:
         """How long a fetch may wait for records: until the next commit falls due (a due
@@ -807,13 +821,14 @@ class FoldService(AssignedPartitions):
     def _rebuild_deadlines(self) -> None:
         index = self.runtime.deadlines
         index.clear()
+        retention_ms = self.runtime.settings.task_retention_ms
         for key, value in self.runtime.tasks.items():
-            index.track(key.decode("utf-8"), next_deadline(decode_state(value)))
+            index.track(key.decode("utf-8"), next_deadline(decode_state(value), retention_ms))
         log.info("deadline index rebuilt: %d tasks", len(index))
 
 
-_Output = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
-"""A record to write: topic, key, value, headers."""
+_Output = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]
+"""A record to write: topic, key, value (None: a tombstone), headers."""
 
 
 class _Folding:
@@ -893,15 +908,18 @@ class _Folding:
             )
         for step in steps:
             state, new_state = step.before, step.outcome.state
-            if new_state is None or new_state is state:
+            if new_state is state:
                 continue
             event = step.event
             key = event.task_id.encode()
-            self._runtime.metrics.observe_fold(state, event, new_state)
             # encoded and written to the changelog once per commit, however often it changes
+            # (None: the task retired, a tombstone)
             store.put_object(key, new_state)
             part.changed_by[key] = record.offset
-            self._runtime.deadlines.track(event.task_id, next_deadline(new_state))
+            part.touched[event.task_id] = new_state  # its deadline, tracked once per batch
+            if new_state is None:
+                continue
+            self._runtime.metrics.observe_fold(state, event, new_state)
             if new_state.status.is_terminal and not (state and state.status.is_terminal):
                 ended = part.ended = part.ended or []
                 ended.append((event.task_id, f"{new_state.status}: {new_state.last_error}"))

@@ -53,9 +53,10 @@ class _Timer:
         if stored is None:
             return
         state = decode_state(stored)
-        event = due_event(state, now_ms)
+        retention_ms = self._runtime.settings.task_retention_ms
+        event = due_event(state, now_ms, retention_ms)
         if event is None:
-            self._runtime.deadlines.track(task_id, next_deadline(state))
+            self._runtime.deadlines.track(task_id, next_deadline(state, retention_ms))
             return
         await self._runtime.producer.send(
             self._runtime.settings.topics.events, key, encode_event(event)

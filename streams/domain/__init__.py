@@ -8,6 +8,7 @@ from streams.domain.effects import (
     Rejected,
     RejectionCode,
     Released,
+    ResultExpired,
 )
 from streams.domain.events import (
     PAYLOAD_TYPES,
@@ -25,6 +26,8 @@ from streams.domain.events import (
     TaskDispatched,
     TaskFailed,
     TaskProgress,
+    TaskResultExpired,
+    TaskRetired,
     TaskRetryDue,
     TaskRetryScheduled,
     TaskStarted,
@@ -61,6 +64,7 @@ __all__ = [
     "Rejected",
     "RejectionCode",
     "Released",
+    "ResultExpired",
     "Source",
     "Status",
     "TaskCancelled",
@@ -71,6 +75,8 @@ __all__ = [
     "TaskFailed",
     "TaskPolicy",
     "TaskProgress",
+    "TaskResultExpired",
+    "TaskRetired",
     "TaskRetryDue",
     "TaskRetryScheduled",
     "TaskStarted",

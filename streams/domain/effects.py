@@ -73,6 +73,14 @@ class CompletedTask:
 
 
 @dataclass(frozen=True)
+class ResultExpired:
+    """The task's result is no longer served: a tombstone on ``task.completed`` (keyed by the
+    task id) removes it from the compacted topic."""
+
+    task_id: str
+
+
+@dataclass(frozen=True)
 class Released:
     """The task left the ready/dispatched/running states (or a dispatch of it lost a race):
     its scheduler must drop it from the queue and free its slot. A signal keyed by platform.
@@ -92,4 +100,4 @@ class Rejected:
     reason: str
 
 
-Effect = ReadyToSchedule | FollowUp | CompletedTask | Released | Rejected
+Effect = ReadyToSchedule | FollowUp | CompletedTask | ResultExpired | Released | Rejected

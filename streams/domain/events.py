@@ -144,6 +144,20 @@ class TaskRetryDue:
 
 
 @dataclass(frozen=True)
+class TaskResultExpired:
+    """A timer found the completed task's result past its ``result_ttl``: the result is dropped
+    (and tombstoned on ``task.completed``); the task stays completed."""
+
+
+@dataclass(frozen=True)
+class TaskRetired:
+    """A timer found the finished task unchanged for ``retention_ms`` (the worker's
+    ``task_retention``): it leaves the tasks table. Its history stays in ``task.events``."""
+
+    retention_ms: int
+
+
+@dataclass(frozen=True)
 class TaskDeferred:
     """The scheduler held a ready task back for the first time: ``reason`` until ``until_ms``.
 
@@ -199,6 +213,8 @@ Payload = (
     | DependencyResolved
     | DependencyWaitExpired
     | TaskDeferred
+    | TaskResultExpired
+    | TaskRetired
 )
 
 PAYLOAD_TYPES: tuple[type[Payload], ...] = (
@@ -216,6 +232,8 @@ PAYLOAD_TYPES: tuple[type[Payload], ...] = (
     DependencyResolved,
     DependencyWaitExpired,
     TaskDeferred,
+    TaskResultExpired,
+    TaskRetired,
 )
 
 

@@ -36,6 +36,7 @@ from streams.domain.effects import (
     Rejected,
     RejectionCode,
     Released,
+    ResultExpired,
 )
 from streams.domain.events import (
     MAX_RATE_LIMITED,
@@ -53,6 +54,8 @@ from streams.domain.events import (
     TaskDispatched,
     TaskFailed,
     TaskProgress,
+    TaskResultExpired,
+    TaskRetired,
     TaskRetryDue,
     TaskRetryScheduled,
     TaskStarted,
@@ -117,6 +120,8 @@ def apply(state: TaskState | None, event: Event) -> Outcome:
         new_state, effects = handler(state, event, event.payload)
     except _Refusal as refusal:
         return _refused(state, refusal.code, refusal.reason)
+    if new_state is None:  # retired: the task leaves the table (its events stay in the log)
+        return Outcome(None, effects)
     seen = (*new_state.seen_event_ids, event.event_id)[-bounds.SEEN_EVENT_IDS_KEPT :]
     return Outcome(
         evolve(new_state, seen_event_ids=seen, updated_at_ms=event.occurred_at_ms), effects
@@ -135,6 +140,8 @@ def fold(
         outcome = apply(result.get(event.task_id), event)
         if outcome.state is not None:
             result[event.task_id] = outcome.state
+        else:  # never seen, or retired
+            result.pop(event.task_id, None)
     return result
 
 
@@ -272,6 +279,8 @@ def _refuse_span(name: str, value_ms: int) -> None:
 
 
 _Result = tuple[TaskState, tuple[Effect, ...]]
+_Ending = tuple[TaskState | None, tuple[Effect, ...]]
+"""What a handler that may remove the task (None) returns."""
 
 
 # -- creation -------------------------------------------------------------------------------
@@ -544,6 +553,29 @@ def _on_cancelled(state: TaskState | None, event: Event, p: TaskCancelled) -> _R
     return _finish(task, event, Status.CANCELLED, reason, DependencyOutcome.CANCELLED)
 
 
+def _on_result_expired(state: TaskState | None, event: Event, p: TaskResultExpired) -> _Result:
+    task = _require(state, event, Status.COMPLETED)
+    expires_at_ms = task.result_expires_at_ms()
+    if task.result is None or expires_at_ms is None:
+        raise _Refusal(RejectionCode.STALE, "the task holds no result")
+    if event.occurred_at_ms < expires_at_ms:
+        raise _Refusal(RejectionCode.STALE, f"the result is served until {expires_at_ms} ms")
+    return evolve(task, result=None, result_content_type=""), (ResultExpired(task.task_id),)
+
+
+def _on_retired(state: TaskState | None, event: Event, p: TaskRetired) -> _Ending:
+    if state is None:
+        return None, ()  # retired already (a timer's second write, say): nothing to do
+    if state.status is Status.AWAITED:
+        raise _Refusal(RejectionCode.UNKNOWN_TASK, f"task {event.task_id} does not exist")
+    if not (state.status.is_terminal or state.status is Status.MISSING):
+        reason = f"{event.kind} is not allowed in status {state.status}"
+        raise _Refusal(RejectionCode.ILLEGAL_TRANSITION, reason)
+    if p.retention_ms < 0 or event.occurred_at_ms < state.updated_at_ms + p.retention_ms:
+        raise _Refusal(RejectionCode.STALE, f"the task changed less than {p.retention_ms} ms ago")
+    return None, ()
+
+
 # -- shared steps --------------------------------------------------------------------------
 
 
@@ -706,7 +738,7 @@ def _require(state: TaskState | None, event: Event, *allowed: Status) -> TaskSta
     return task
 
 
-_HANDLERS: dict[type[Any], Callable[[TaskState | None, Event, Any], _Result]] = {
+_HANDLERS: dict[type[Any], Callable[[TaskState | None, Event, Any], _Result | _Ending]] = {
     TaskCreated: _on_created,
     TaskDispatched: _on_dispatched,
     TaskStarted: _on_started,
@@ -721,4 +753,6 @@ _HANDLERS: dict[type[Any], Callable[[TaskState | None, Event, Any], _Result]] = 
     DependencyResolved: _on_resolved,
     DependencyWaitExpired: _on_wait_expired,
     TaskDeferred: _on_deferred,
+    TaskResultExpired: _on_result_expired,
+    TaskRetired: _on_retired,
 }

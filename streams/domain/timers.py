@@ -1,7 +1,9 @@
 """Deadlines: when a task needs an event that only the passing of time can cause.
 
-Three things happen by the clock: a running attempt times out, a scheduled retry becomes due,
-and an awaited dependency that was never created stops being waited for. The fold cannot notice
+Five things happen by the clock: a running attempt times out, a scheduled retry becomes due,
+an awaited dependency that was never created stops being waited for, a completed task's result
+expires (its ``result_ttl``), and a finished task leaves the tasks table (the worker's
+``task_retention``, passed here as ``retention_ms``; None: never). The fold cannot notice
 them (it has no clock); a timer on the worker that owns the task asks :func:`next_deadline`
 when to look again, and :func:`due_event` which event to write once that time has come. The
 event's id is derived from the deadline it answers, so two timers (or one timer twice, across a
@@ -17,6 +19,8 @@ from streams.domain.events import (
     Event,
     Payload,
     Source,
+    TaskResultExpired,
+    TaskRetired,
     TaskRetryDue,
     TaskTimedOut,
     derived_event_id,
@@ -24,29 +28,43 @@ from streams.domain.events import (
 from streams.domain.state import Status, TaskState
 
 
-def next_deadline(state: TaskState) -> int | None:
-    """When (Unix ms) the task next needs a timer event, or None if time cannot change it."""
-    if state.status in (Status.RUNNING, Status.DISPATCHED):
+def next_deadline(state: TaskState, retention_ms: int | None = None) -> int | None:
+    """When (Unix ms) the task next needs a timer event, or None if time cannot change it.
+
+    ``retention_ms``: how long a finished task (or a placeholder found missing) stays in the
+    table after its last change; None keeps it forever.
+    """
+    status = state.status
+    if status in (Status.RUNNING, Status.DISPATCHED):
         return state.deadline_ms
-    if state.status is Status.RETRYING:
+    if status is Status.RETRYING:
         return state.retry_due_at_ms
-    if state.status is Status.AWAITED:
+    if status is Status.AWAITED:
         return state.awaited_until_ms
+    if status is Status.COMPLETED and state.result is not None:
+        return state.result_expires_at_ms()
+    if retention_ms is not None and (status.is_terminal or status is Status.MISSING):
+        return state.updated_at_ms + retention_ms
     return None
 
 
-def due_event(state: TaskState, now_ms: int) -> Event | None:
+def due_event(state: TaskState, now_ms: int, retention_ms: int | None = None) -> Event | None:
     """The timer event the task needs at ``now_ms``, or None if nothing is due."""
-    deadline = next_deadline(state)
+    deadline = next_deadline(state, retention_ms)
     if deadline is None or now_ms < deadline:
         return None
     payload: Payload
-    if state.status is Status.RETRYING:
+    status = state.status
+    if status is Status.RETRYING:
         payload, kind = TaskRetryDue(state.attempt), "retry-due"
-    elif state.status is Status.AWAITED:
+    elif status is Status.AWAITED:
         payload, kind = DependencyWaitExpired(), "wait-expired"
-    else:
+    elif status in (Status.RUNNING, Status.DISPATCHED):
         payload, kind = TaskTimedOut(state.attempt), "timed-out"
+    elif status is Status.COMPLETED and state.result is not None:
+        payload, kind = TaskResultExpired(), "result-expired"
+    else:
+        payload, kind = TaskRetired(retention_ms or 0), "retired"
     event_id = derived_event_id(state.task_id, kind, state.attempt, deadline)
     return Event(event_id, state.task_id, now_ms, Source.TIMER, payload)
 

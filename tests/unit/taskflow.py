@@ -39,6 +39,8 @@ from streams.domain import (
     TaskDispatched,
     TaskFailed,
     TaskProgress,
+    TaskResultExpired,
+    TaskRetired,
     TaskRetryDue,
     TaskRetryScheduled,
     TaskStarted,
@@ -140,6 +142,14 @@ def cancelled(
 
 def timed_out(task_id: str, attempt: int, *, at: int, eid: str | None = None) -> Event:
     return event(task_id, TaskTimedOut(attempt), at=at, eid=eid, source=Source.TIMER)
+
+
+def result_expired(task_id: str, *, at: int, eid: str | None = None) -> Event:
+    return event(task_id, TaskResultExpired(), at=at, eid=eid, source=Source.TIMER)
+
+
+def retired(task_id: str, retention_ms: int = 0, *, at: int, eid: str | None = None) -> Event:
+    return event(task_id, TaskRetired(retention_ms), at=at, eid=eid, source=Source.TIMER)
 
 
 def retry_scheduled(

@@ -38,6 +38,8 @@ from tests.unit.taskflow import T0, TIMEOUT_MS, WAIT_MS
 
 LATER = T0 + 10 * WAIT_MS
 """A time past every deadline of the tasks ``state_in`` builds."""
+EXPIRY = T0 + 2 * 86_400_000
+"""A time past the result's expiry (``result_ttl_ms`` of ``taskflow.created``: one day)."""
 
 NEVER_SEEN = None
 AWAITED, MISSING = Status.AWAITED, Status.MISSING
@@ -68,8 +70,12 @@ ILLEGAL = RejectionCode.ILLEGAL_TRANSITION
 DUPLICATE = RejectionCode.DUPLICATE_TASK
 STALE = RejectionCode.STALE
 
-Expected = Status | RejectionCode
-"""The status the task ends in if the event is accepted, or the code it is refused with."""
+RETIRED = "retired"
+"""Accepted, and the task is gone from the table (the new state is None)."""
+
+Expected = Status | RejectionCode | str
+"""The status the task ends in if the event is accepted, the code it is refused with, or
+:data:`RETIRED`."""
 
 
 def _attempt(state: TaskState | None) -> int:
@@ -92,6 +98,8 @@ PROBES: dict[str, Callable[[TaskState | None], Event]] = {
     "DependencyResolved": lambda s: tf.resolved("t", "a", at=LATER),
     "DependencyWaitExpired": lambda s: tf.wait_expired("t", at=LATER),
     "TaskDeferred": lambda s: tf.deferred("t", at=LATER),
+    "TaskResultExpired": lambda s: tf.result_expired("t", at=EXPIRY),
+    "TaskRetired": lambda s: tf.retired("t", 1_000, at=LATER),
 }
 
 
@@ -138,6 +146,14 @@ TABLE: dict[str, dict[Status | None, Expected]] = {
     "DependencyResolved": {**_same_status(), PENDING: READY},
     "DependencyWaitExpired": {**dict.fromkeys(ALL_STATUSES, STALE), AWAITED: MISSING},
     "TaskDeferred": _same_status(),
+    # the result is dropped; the task stays completed
+    "TaskResultExpired": _row(ILLEGAL, COMPLETED=COMPLETED),
+    # a finished task (or a placeholder found missing) leaves the table; never seen: a repeat
+    "TaskRetired": {
+        **_row(ILLEGAL, **{s.name: RETIRED for s in TERMINAL}),
+        NEVER_SEEN: RETIRED,
+        MISSING: RETIRED,
+    },
 }
 
 CASES = [
@@ -163,6 +179,11 @@ def test_event_in_status_is_accepted_or_refused_as_the_table_says(
     assert ev.kind == kind
     if isinstance(expected, RejectionCode):
         assert tf.refuse(state, ev).code is expected
+        return
+    if expected == RETIRED:
+        retired = apply(state, ev)
+        assert (retired.state, retired.effects) == (None, ())
+        assert fold([ev], {"t": state} if state is not None else {}) == {}
         return
     outcome = tf.accept(state, ev)
     after = outcome.state
@@ -528,10 +549,20 @@ def test_cancel_ends_an_active_task_and_tells_its_dependents(status: Status) -> 
 def test_terminal_task_never_changes_its_outcome(status: Status, kind: str) -> None:
     """Every event is refused, except the signals that must still be answered or that lost a
     race (a dispatch, a deferral, a dependency's registration or late answer): those are
-    accepted but leave status, result, error and history as they were."""
+    accepted but leave status, result, error and history as they were. The clock's housekeeping
+    is the other exception: an expired result is dropped (the task stays completed), and a
+    retired task leaves the table (no state, hence no other outcome)."""
     state = tf.state_in(status)
     assert state is not None
     outcome = apply(state, PROBES[kind](state))
+    if kind == "TaskRetired":
+        assert outcome.state is None and not outcome.is_rejected
+        return
+    if kind == "TaskResultExpired" and status is COMPLETED:
+        expired = outcome.state
+        assert expired is not None and (expired.result, expired.status) == (None, COMPLETED)
+        assert expired.history == state.history
+        return
     if kind not in ("TaskDispatched", "TaskDeferred", "DependencyRegistered", "DependencyResolved"):
         assert outcome.is_rejected
         assert outcome.state == state
