@@ -63,6 +63,8 @@ from streams.domain import (
     TaskDispatched,
     TaskFailed,
     TaskProgress,
+    TaskResultExpired,
+    TaskRetired,
     TaskRetryDue,
     TaskRetryScheduled,
     TaskStarted,
@@ -182,6 +184,9 @@ class Sim:
             self._store(outcome.state)
             if not outcome.is_rejected:
                 self.applied_by_kind[got.kind].append(index)
+        elif outcome.state is None and before is not None:  # retired: gone from the table
+            self._forget(before)
+            self.applied_by_kind[got.kind].append(index)
         for effect in outcome.effects:
             if isinstance(effect, FollowUp):
                 # appended later, as the live fold appends it after its transaction
@@ -197,6 +202,12 @@ class Sim:
         if state.task_id not in self.idle:
             self.driven[state.status][state.task_id] = None
         self.deadlines.track(state.task_id, next_deadline(state))
+
+    def _forget(self, state: TaskState) -> None:
+        del self.states[state.task_id]
+        self.driven[state.status].pop(state.task_id, None)
+        self.idle.pop(state.task_id, None)
+        self.deadlines.track(state.task_id, None)
 
     def later(self, steps: int, action: Callable[[], None]) -> None:
         heapq.heappush(self.scheduled, (self.step + steps, next(self.seq), action))
@@ -879,6 +890,33 @@ def _late_answers(sim: Sim) -> None:
         sim.write(sim.event(state.task_id, payload, Source.FOLD))
 
 
+def _retirement(sim: Sim) -> None:
+    """A finished task retires once its retention has passed (the same record again changes
+    nothing); one retired before that, and a running one, are refused."""
+    done = [t for t, s in sim.states.items() if s.status.is_terminal][-50:]
+    if done:
+        state = sim.states[sim.rng.choice(done)]
+        retention = sim.now - state.updated_at_ms
+        sim.write(sim.event(state.task_id, TaskRetired(retention + 1), Source.TIMER))
+        retire = sim.event(state.task_id, TaskRetired(retention), Source.TIMER)
+        sim.write(retire)
+        sim.write(retire)
+    running = [t for t, s in sim.states.items() if s.status is Status.RUNNING][:50]
+    if running:
+        sim.write(sim.event(sim.rng.choice(running), TaskRetired(0), Source.TIMER))
+
+
+def _early_result_expiry(sim: Sim) -> None:
+    """A result expired before its ``result_ttl`` has passed: refused (stale)."""
+    kept = [
+        t
+        for t, s in sim.states.items()
+        if s.result is not None and (s.result_expires_at_ms() or 0) > sim.now
+    ][:50]
+    if kept:
+        sim.write(sim.event(sim.rng.choice(kept), TaskResultExpired(), Source.TIMER))
+
+
 def _junk(sim: Sim) -> None:
     sim.append(sim.rng.choice(sim.created).encode(), b"\x00junk")
 
@@ -988,6 +1026,8 @@ CATALOGUE: tuple[tuple[Callable[[Sim], None], int], ...] = (
     (_unknown_outcome, 1),
     (_old_writer_failure, 3),
     (_created_by_event_of_another_kind, 3),
+    (_retirement, 4),
+    (_early_result_expiry, 2),
 )
 
 

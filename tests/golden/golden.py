@@ -227,6 +227,8 @@ def replay(records: Sequence[Record]) -> Replayed:
             verdict, code = Verdict.APPLIED, ""
         if outcome.state is not None:
             states[got.task_id] = outcome.state
+        else:  # never seen, or retired: gone from the table
+            states.pop(got.task_id, None)
         answer = {
             "verdict": str(verdict),
             "state": None if outcome.state is None else state_to_dict(outcome.state),
