@@ -9,6 +9,7 @@ caller can send the original bytes to the dead-letter topic.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -24,6 +25,7 @@ from streams.domain import (
     ReadyToSchedule,
     Source,
 )
+from streams.domain.config_events import ConfigChange
 from streams.domain.signals import (
     SIGNAL_TYPES,
     Dispatch,
@@ -286,6 +288,49 @@ def decode_rate_change(data: bytes) -> RateChangeRecord:
     record = rate_change_codec().decode(data)
     record["at_ms"] = _millis(record.pop("at"))
     return RateChangeRecord(**record)
+
+
+@cache
+def config_codec() -> SingleObjectCodec:
+    """The codec of ``orchestrator.config`` (schema ``config_event.avsc``)."""
+    return SingleObjectCodec(load_schema("config_event"), load_history("config_event"))
+
+
+def encode_config(change: ConfigChange) -> bytes:
+    """``change`` as an ``orchestrator.config`` message value."""
+    value_json = None if change.value is None else json.dumps(change.value, sort_keys=True)
+    return config_codec().encode(
+        {
+            "name": change.name,
+            "platform": change.platform,
+            "task_type": change.task_type,
+            "value_json": value_json,
+            "at": change.at_ms,
+            "by": change.by,
+        }
+    )
+
+
+def decode_config(data: bytes) -> ConfigChange:
+    """The change in an ``orchestrator.config`` message value.
+
+    Raises:
+        SchemaError: not such a message, or a value that is not JSON.
+    """
+    record = config_codec().decode(data)
+    raw = record["value_json"]
+    try:
+        value = None if raw is None else json.loads(raw)
+    except ValueError as exc:
+        raise SchemaError(f"the value of setting {record['name']} is not JSON: {exc}") from exc
+    return ConfigChange(
+        record["name"],
+        record["platform"],
+        record["task_type"],
+        value,
+        _millis(record["at"]),
+        record["by"],
+    )
 
 
 # -- decoding --------------------------------------------------------------------------------

@@ -17,11 +17,12 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from streams.config import load_settings
+from streams.config import load_settings, read_config_file
+from streams.domain.config_events import ANY, POLICY_KEYS, RATE_LIMITS
 from streams.errors import ConfigurationError, OrchestratorError, ValidationError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -158,7 +159,46 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     tail.set_defaults(handler=_tail)
     _projection_commands(commands)
+    _config_commands(commands)
     return parser
+
+
+def _config_commands(commands: Any) -> None:
+    config = commands.add_parser(
+        "config",
+        help="settings that change at run time: rate limits, task policy defaults",
+        description=(
+            "Rate limits and the defaults of new tasks' policies, as events on "
+            "orchestrator.config: every worker's scheduler and every client takes them from "
+            "there, without a restart. A setting holds for a platform and a task type, or "
+            "every one ('*'); the most specific one set wins."
+        ),
+    )
+    actions = config.add_subparsers(dest="action", required=True, metavar="ACTION")
+    scope_help = "the platform it holds for (default: every one)"
+    type_help = "the task type it holds for (default: every one)"
+    names = "rate_limits (or <platform>_rate_limits), " + ", ".join(POLICY_KEYS)
+    set_ = actions.add_parser("set", help="set a setting (takes effect at once)")
+    _common_options(set_)
+    set_.add_argument("name", help=names + "; task_timeout and retry_attempts are aliases")
+    set_.add_argument("value", help="JSON (2, 0.5, '{\"limits\": [...]}') or a plain string")
+    set_.add_argument("--platform", default=ANY, help=scope_help)
+    set_.add_argument("--task-type", default=ANY, help=type_help)
+    set_.set_defaults(handler=_config_set)
+    unset = actions.add_parser("unset", help="remove a setting (the next less specific holds)")
+    _common_options(unset)
+    unset.add_argument("name")
+    unset.add_argument("--platform", default=ANY, help=scope_help)
+    unset.add_argument("--task-type", default=ANY, help=type_help)
+    unset.set_defaults(handler=_config_set, value=None)
+    show = actions.add_parser("show", help="the settings in force")
+    _common_options(show)
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(handler=_config_show)
+    history = actions.add_parser("history", help="every change kept (30 days at least)")
+    _common_options(history)
+    history.add_argument("--json", action="store_true", help="one JSON object per line")
+    history.set_defaults(handler=_config_history)
 
 
 def _projection_commands(commands: Any) -> None:
@@ -264,7 +304,8 @@ def _worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.log_format is not None:
         settings = replace(settings, log_format=args.log_format)
-    run_worker(settings, loglevel=args.loglevel)
+    config_file = Path(args.config) if args.config else None
+    run_worker(settings, loglevel=args.loglevel, config_file=config_file)
     return 0
 
 
@@ -367,6 +408,87 @@ def _pause(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_set(args: argparse.Namespace) -> int:
+    import time
+
+    from streams.config import setting_value
+    from streams.config_log import changed_by_cli, write_changes
+    from streams.domain.config_events import ConfigChange, scope_problem
+
+    settings = _settings(args)
+    name, platform = args.name, args.platform
+    if name.endswith("_rate_limits") and name != RATE_LIMITS:
+        name, platform = RATE_LIMITS, name.removesuffix("_rate_limits")
+    name = {"task_timeout": "default_timeout", "retry_attempts": "max_retries"}.get(name, name)
+    problem = scope_problem(name, platform, args.task_type)
+    if problem is not None:
+        raise ConfigurationError(problem)
+    value = None
+    if args.value is not None:
+        try:
+            value = json.loads(args.value)
+        except ValueError:
+            value = args.value
+        value = setting_value(name, platform, value)
+    change = ConfigChange(
+        name, platform, args.task_type, value, int(time.time() * 1000), changed_by_cli()
+    )
+    asyncio.run(write_changes(settings, [change]))
+    shown = "unset" if value is None else json.dumps(value)
+    print(f"{name} for platform {platform}, task type {args.task_type}: {shown}")
+    return 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    from streams.config_log import read_table
+
+    table = asyncio.run(read_table(_settings(args)))
+    rows = [
+        {"name": name, "platform": platform, "task_type": task_type, "value": value}
+        for (name, platform, task_type), value in sorted(table.values.items())
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("nothing set at run time: each worker's and client's own configuration holds")
+    for row in [] if args.json else rows:
+        print(
+            f"{row['name']:<18} {row['platform']:<20} {row['task_type']:<20} "
+            f"{json.dumps(row['value'])}"
+        )
+    return 0
+
+
+def _config_history(args: argparse.Namespace) -> int:
+    from streams.config_log import read_changes
+
+    changes = asyncio.run(read_changes(_settings(args)))
+    for change in sorted(changes, key=lambda c: c.at_ms):
+        row = {
+            "at_ms": change.at_ms,
+            "name": change.name,
+            "platform": change.platform,
+            "task_type": change.task_type,
+            "value": change.value,
+            "by": change.by,
+        }
+        if args.json:
+            print(json.dumps(row))
+        else:
+            shown = "unset" if change.value is None else json.dumps(change.value)
+            print(
+                f"{_iso(change.at_ms)} {change.name} platform={change.platform} "
+                f"task_type={change.task_type} {shown} by {change.by}"
+            )
+    return 0
+
+
+def _iso(at_ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(at_ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
 def _tail(args: argparse.Namespace) -> int:
     from streams.tail import tail
 
@@ -418,8 +540,17 @@ def _check_task_id(task_id: str) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The client's config: every setting of the config file, environment and options
-    (``request_timeout`` and ``read_timeout`` included)."""
-    settings = _settings(args)
-    values = {f.name: getattr(settings, f.name) for f in fields(settings) if f.name != "extra"}
-    return {**values, **settings.extra}
+    """The client's config: every key of the config file and the options given (the client
+    reads the environment itself). Only keys given are passed: a task policy default that is
+    not given comes from the run-time settings in force (``orchestrator config``)."""
+    _settings(args)  # every key checked, the file's and the options', before anything runs
+    values: dict[str, Any] = dict(read_config_file(args.config)) if args.config else {}
+    values.update(
+        (key, value)
+        for key, value in (
+            ("bootstrap_servers", args.broker),
+            ("api_url", getattr(args, "api_url", None)),
+        )
+        if value is not None
+    )
+    return values

@@ -25,7 +25,7 @@ import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Self
 
@@ -35,7 +35,8 @@ from aiokafka.errors import KafkaError
 
 from schemas import encode_event
 from schemas.records import encode_signal
-from streams.config import Settings, load_settings
+from streams.config import Settings, load_settings, policy_keys_given, setting_value
+from streams.config_log import ConfigFollower
 from streams.domain import (
     Event,
     Payload,
@@ -65,6 +66,7 @@ from streams.domain.events import MAX_RATE_LIMITED
 from streams.domain.signals import PlatformPaused, SchedulerSignal
 from streams.errors import (
     REJECTION_ERRORS,
+    ConfigurationError,
     EventRejectedError,
     InfrastructureError,
     OrchestratorError,
@@ -106,6 +108,8 @@ class TaskManager:
         self, config: Mapping[str, Any] | None = None, *, source: Source = Source.CLIENT
     ) -> None:
         self.settings: Settings = load_settings(overrides=config or {})
+        self._given = policy_keys_given(config)
+        self._config = ConfigFollower(self.settings)
         self._source = source
         self._producer: AIOKafkaProducer | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -169,6 +173,7 @@ class TaskManager:
         """
         producer, self._producer = self._producer, None
         http, self._http = self._http, None
+        await self._config.close()
         try:
             if producer is not None:
                 await self._stop_producer(producer)
@@ -230,7 +235,7 @@ class TaskManager:
             ValidationError: bad arguments; nothing was written.
             RequestTimeoutError: Kafka did not acknowledge the event within ``request_timeout``.
         """
-        task_id, payload = self._new_task(
+        arguments = (
             task_type,
             platform,
             target,
@@ -242,6 +247,9 @@ class TaskManager:
             retry_delay,
             max_rate_limited,
         )
+        self._new_task(*arguments)  # bad arguments are refused before anything is read
+        defaults = await self._policy_defaults(platform, task_type)
+        task_id, payload = self._new_task(*arguments, defaults=defaults)
         event_id = derived_event_id(task_id, "created")
         await self._write("create_task", task_id, payload, event_id, confirm=confirm)
         return task_id
@@ -258,9 +266,11 @@ class TaskManager:
         max_retries: int | None,
         retry_delay: float | None,
         max_rate_limited: int | None = None,
+        defaults: Mapping[str, Any] | None = None,
     ) -> tuple[str, TaskCreated]:
-        """The id and ``TaskCreated`` of a new task, validated (see :meth:`create_task`)."""
-        s = self.settings
+        """The id and ``TaskCreated`` of a new task, validated (see :meth:`create_task`);
+        ``defaults``: the policy defaults in force for its platform and type."""
+        s = replace(self.settings, **defaults) if defaults else self.settings
         _check(name_problem("task_type", task_type))
         _check(name_problem("platform", platform))
         _check(target_problem(target))
@@ -314,6 +324,21 @@ class TaskManager:
             max_rate_limited=rate_limited,
         )
         return task_id, payload
+
+    async def _policy_defaults(self, platform: str, task_type: str) -> dict[str, Any]:
+        """The policy defaults ``orchestrator.config`` sets for a new task of ``task_type`` on
+        ``platform``, except those this client sets itself (its config, ``ORCHESTRATOR_*``)."""
+        async with _deadline(self.settings, "create_task", "reading the settings in force"):
+            table = await self._config.current()
+        defaults = {}
+        for name, value in table.policy(platform, task_type).items():
+            if name in self._given:
+                continue
+            try:
+                defaults[name] = setting_value(name, platform, value)
+            except ConfigurationError:
+                continue  # not written by `orchestrator config set`: the client's own holds
+        return defaults
 
     async def start_task(self, task_id: str, confirm: bool = True) -> None:
         """Record that an attempt of the task started (from ``ready`` or ``dispatched``).

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.domain.bounds import MAX_ATTEMPTS, MAX_POLICY_MS
+from streams.domain.config_events import ANY, KEYS, POLICY_KEYS, RATE_LIMITS
 from streams.domain.events import MAX_RATE_LIMITED
 from streams.domain.limits import PlatformLimits, RateLimit
 from streams.errors import ConfigurationError
@@ -410,3 +411,47 @@ def _convert(key: str, value: Any, annotation: Any) -> Any:
     if kind is int and isinstance(value, float) and value != converted:
         raise ConfigurationError(f"{key} must be a whole number, got {value!r}")
     return converted
+
+
+def setting_value(name: str, platform: str, value: Any) -> Any:
+    """``value`` checked and converted as run-time setting ``name`` takes it (see
+    :mod:`streams.domain.config_events`): a platform's ``rate_limits`` as its config key takes
+    them, a policy default as the key of the same name (``task_timeout`` and
+    ``retry_attempts`` are aliases).
+
+    Raises:
+        ConfigurationError: an unknown setting or a bad value; the message names the key.
+    """
+    name = _ALIASES.get(name, name)
+    if name == RATE_LIMITS:
+        parse_platform_limits(platform, value)
+        return value
+    if name not in POLICY_KEYS:
+        raise ConfigurationError(
+            f"unknown setting {name!r}; settable at run time: {', '.join(KEYS)}"
+        )
+    return getattr(_build({name: value}), name)
+
+
+def policy_keys_given(
+    overrides: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None
+) -> frozenset[str]:
+    """The policy defaults a client set itself (in its config or ``ORCHESTRATOR_*``): they
+    hold over the run-time settings of ``orchestrator.config``."""
+    given = set(_from_environment(os.environ if environ is None else environ))
+    given.update(_ALIASES.get(key, key) for key in overrides or {})
+    return frozenset(given & set(POLICY_KEYS))
+
+
+def file_settings(path: Path) -> list[tuple[str, str, Any]]:
+    """The run-time settings a worker's ``--config`` file holds, as ``(name, platform,
+    value)``: each ``<platform>_rate_limits`` and each policy default (for every platform)."""
+    found: list[tuple[str, str, Any]] = []
+    for raw_key, value in read_config_file(path).items():
+        key = _ALIASES.get(raw_key, raw_key)
+        if key.endswith("_rate_limits"):
+            platform = key.removesuffix("_rate_limits")
+            found.append((RATE_LIMITS, platform, setting_value(RATE_LIMITS, platform, value)))
+        elif key in POLICY_KEYS:
+            found.append((key, ANY, setting_value(key, ANY, value)))
+    return found

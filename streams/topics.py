@@ -25,6 +25,7 @@ TASK_COMPLETED = "task.completed"
 TASK_EVENTS_DLQ = "task.events.dlq"
 SCHEDULER_SIGNALS = "scheduler.signals"
 SCHEDULER_EVENTS = "scheduler.events"
+CONFIG = "orchestrator.config"
 
 DLQ_RETENTION_MS = 14 * 24 * 60 * 60 * 1000
 DLQ_MAX_MESSAGE_BYTES = LARGE_RECORD_MAX_BYTES
@@ -78,6 +79,12 @@ class TopicNames:
         """``scheduler.events``: adaptive throttling changes."""
         return self.prefix + SCHEDULER_EVENTS
 
+    @property
+    def config(self) -> str:
+        """``orchestrator.config``: settings changed at run time (rate limits, default
+        policies), keyed by ``platform/task_type/name``."""
+        return self.prefix + CONFIG
+
 
 @dataclass(frozen=True)
 class TopicSpec:
@@ -117,6 +124,15 @@ TOPICS: tuple[TopicSpec, ...] = (
     ),
     TopicSpec(SCHEDULER_SIGNALS, {"retention.ms": str(24 * 60 * 60 * 1000)}),
     TopicSpec(SCHEDULER_EVENTS, {"retention.ms": str(30 * 24 * 60 * 60 * 1000)}),
+    # the latest value of each setting forever; every change for 30 days at least (the audit)
+    TopicSpec(
+        CONFIG,
+        {
+            "cleanup.policy": "compact",
+            "min.compaction.lag.ms": str(30 * 24 * 60 * 60 * 1000),
+            **COMPACTED_SEGMENTS,
+        },
+    ),
 )
 
 

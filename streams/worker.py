@@ -7,8 +7,10 @@ of a worker and gives it the typed parts it needs (no part looks another up).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -20,19 +22,24 @@ from streams.agents.fold import FoldService
 from streams.agents.scheduler import SchedulerService
 from streams.app import Runtime, create_runtime
 from streams.config import Settings
+from streams.config_log import read_table, worker_changes, write_changes
 from streams.handlers import load_handler_modules, registered_task_types
 from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
 
-def run_worker(settings: Settings, loglevel: str = "info") -> None:
+def run_worker(settings: Settings, loglevel: str = "info", config_file: Path | None = None) -> None:
     """Run a worker until SIGTERM or SIGINT. Blocks; exits the process when faust stops.
 
     ``faust.Worker`` runs the app's services (the fold, the scheduler, the executor's drain),
     its consumer group and its web server, and stops them in order on SIGTERM.
 
     Logs go out in ``settings.log_format`` (``streams.logs``) from the first line on.
+
+    The run-time settings ``config_file`` holds (rate limits, task policy defaults) are written
+    to ``orchestrator.config`` where they differ from those in force, before the worker starts:
+    every worker's scheduler, and every client, then takes them from there.
     """
     logs.configure(settings.log_format)
     loop = asyncio.new_event_loop()
@@ -46,6 +53,8 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
                 app_id=settings.orchestrator_id,
             )
         )
+        if config_file is not None:
+            loop.run_until_complete(publish_file_settings(settings, config_file))
     finally:
         loop.close()
     modules = [m.strip() for m in settings.handlers.split(",") if m.strip()]
@@ -56,6 +65,21 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     worker.settings = settings
     worker.start_line = start_line(settings, modules)
     worker.execute_from_commandline()
+
+
+async def publish_file_settings(settings: Settings, config_file: Path) -> None:
+    """Write the run-time settings of ``config_file`` that differ from those in force."""
+    changes = worker_changes(config_file, await read_table(settings))
+    await write_changes(settings, changes)
+    for change in changes:
+        log.info(
+            "setting %s for platform %s, task type %s: %s (from %s)",
+            change.name,
+            change.platform,
+            change.task_type,
+            json.dumps(change.value),
+            config_file,
+        )
 
 
 @dataclass(frozen=True)

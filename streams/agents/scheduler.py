@@ -40,6 +40,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import RecordMetadata
 
 from schemas.records import (
+    decode_config,
     decode_ready,
     decode_signal,
     encode_dispatch,
@@ -65,7 +66,9 @@ from streams.agents.transactional import (
     wait_for_event,
 )
 from streams.app import Runtime
+from streams.config import parse_platform_limits
 from streams.domain import Event, ReadyToSchedule, Source, derived_event_id
+from streams.domain.config_events import ANY, RATE_LIMITS
 from streams.domain.events import TaskDeferred, TaskDispatched
 from streams.domain.scheduling import (
     HoldReason,
@@ -81,7 +84,7 @@ from streams.domain.signals import (
     SchedulerSignal,
     TaskReleased,
 )
-from streams.errors import SchemaError
+from streams.errors import ConfigurationError, SchemaError
 from streams.partitions import partition_of
 from streams.task_store import PartitionStore, TaskStore
 from streams.topics import scheduler_changelog
@@ -123,6 +126,9 @@ class _Lane:
     """Per platform, when (wall clock, ms) its scheduler must look again."""
     changed: set[str] = field(default_factory=set)
     """Platforms whose snapshot changed in the open transaction."""
+    limits: dict[str, Any] = field(default_factory=dict)
+    """Per platform, the ``rate_limits`` set at run time (``orchestrator.config``) that hold
+    over the worker's own configuration; kept in the platform's snapshot."""
     in_transaction: bool = False
     deliveries: list[asyncio.Future[RecordMetadata]] = field(default_factory=list)
     go_aheads: list[Dispatch] = field(default_factory=list)
@@ -174,7 +180,9 @@ class SchedulerService(AssignedPartitions):
         lane = self._lanes.get(self._partition_of(platform))
         if lane is None:
             return None
-        scheduler = lane.schedulers.get(platform) or self._new_scheduler(platform)
+        scheduler = lane.schedulers.get(platform) or self._new_scheduler(
+            platform, lane.limits.get(platform)
+        )
         return scheduler.status(self._clock())
 
     async def lags(self) -> dict[str, tuple[int, int]]:
@@ -274,6 +282,8 @@ class SchedulerService(AssignedPartitions):
                 ready = decode_ready(record.value or b"")
                 platform = ready.platform
                 self._enqueue(lane, ready)
+            elif tp.topic == topics.config:
+                platform = self._on_config(lane, record)
             else:
                 signal = decode_signal(record.value or b"")
                 platform = signal.platform
@@ -346,6 +356,43 @@ class SchedulerService(AssignedPartitions):
         elif isinstance(payload, PlatformPaused):
             scheduler.pause(payload.until_ms)
         lane.changed.add(signal.platform)
+
+    def _on_config(self, lane: _Lane, record: ConsumerRecord[Any, Any]) -> str | None:
+        """Fold a run-time setting: a platform's new ``rate_limits`` apply from now on (its
+        windows keep the dispatches they counted). Returns the platform to decide on."""
+        if record.value is None:
+            return None
+        change = decode_config(record.value)
+        if change.name != RATE_LIMITS or change.platform == ANY:
+            return None  # a task policy default: the clients' business
+        platform = change.platform
+        try:
+            limits = parse_platform_limits(platform, change.value)
+        except ConfigurationError as exc:  # written around `orchestrator config set`'s checks
+            log.warning("scheduler %s: rate_limits from %s ignored: %s", platform, change.by, exc)
+            return None
+        if change.value is None:
+            lane.limits.pop(platform, None)
+            limits = self.runtime.settings.platform_limits(platform)
+        else:
+            lane.limits[platform] = change.value
+        old = self._scheduler(lane, platform)
+        new = PlatformScheduler(limits, int(self.runtime.settings.ageing * 1000), self.slot_ms)
+        report = new.load(old.snapshot(), self._clock())
+        for task in old.queued():
+            new.restore(task)
+        lane.schedulers[platform] = new
+        lane.changed.add(platform)
+        log.info(
+            "scheduler %s: rate limits now %s (set by %s at %d)%s",
+            platform,
+            json.dumps(change.value),
+            change.by,
+            change.at_ms,
+            f"; windows: {report.describe()}" if report.changed else "",
+            extra={"platform": platform},
+        )
+        return platform
 
     # -- decisions
 
@@ -425,16 +472,21 @@ class SchedulerService(AssignedPartitions):
 
     # -- the platforms' schedulers
 
-    def _new_scheduler(self, platform: str) -> PlatformScheduler:
+    def _new_scheduler(self, platform: str, limits: Any = None) -> PlatformScheduler:
+        """A platform's scheduler, with ``limits`` set at run time if any, else the worker's."""
         settings = self.runtime.settings
         return PlatformScheduler(
-            settings.platform_limits(platform), int(settings.ageing * 1000), slot_ms=self.slot_ms
+            settings.platform_limits(platform)
+            if limits is None
+            else parse_platform_limits(platform, limits),
+            int(settings.ageing * 1000),
+            slot_ms=self.slot_ms,
         )
 
-    def _scheduler(self, lane: _Lane, platform: str) -> PlatformScheduler:
+    def _scheduler(self, lane: _Lane, platform: str, limits: Any = None) -> PlatformScheduler:
         scheduler = lane.schedulers.get(platform)
         if scheduler is None:
-            scheduler = lane.schedulers[platform] = self._new_scheduler(platform)
+            scheduler = lane.schedulers[platform] = self._new_scheduler(platform, limits)
         return scheduler
 
     def _load(self, lane: _Lane) -> None:
@@ -443,8 +495,12 @@ class SchedulerService(AssignedPartitions):
         for key, value in lane.store.items():
             if key.startswith(PLATFORM_KEY):
                 platform = key[len(PLATFORM_KEY) :].decode()
-                scheduler = self._scheduler(lane, platform)
-                report = scheduler.load(json.loads(value), self._clock())
+                snapshot = json.loads(value)
+                limits = snapshot.get("limits")  # set at run time, folded before the commit
+                if limits is not None:
+                    lane.limits[platform] = limits
+                scheduler = self._scheduler(lane, platform, limits)
+                report = scheduler.load(snapshot, self._clock())
                 if report.changed:
                     log.warning(
                         "scheduler %s: rate-limit windows restored: %s", platform, report.describe()
@@ -502,8 +558,10 @@ class SchedulerService(AssignedPartitions):
     async def _commit(self, lane: _Lane) -> bool:
         """Write the changed state to the changelog; commit once every record was acknowledged."""
         for platform in lane.changed:
-            snapshot = json.dumps(lane.schedulers[platform].snapshot()).encode()
-            lane.store.put(PLATFORM_KEY + platform.encode(), snapshot)
+            snapshot = lane.schedulers[platform].snapshot()
+            if platform in lane.limits:
+                snapshot["limits"] = lane.limits[platform]
+            lane.store.put(PLATFORM_KEY + platform.encode(), json.dumps(snapshot).encode())
         lane.changed.clear()
         try:
             async with asyncio.timeout(COMMIT_TIMEOUT_S):
@@ -627,7 +685,9 @@ class SchedulerService(AssignedPartitions):
             )
             self._store_works()
             tps = [
-                TopicPartition(t, p) for p in sorted(wanted) for t in (topics.ready, topics.signals)
+                TopicPartition(t, p)
+                for p in sorted(wanted)
+                for t in (topics.ready, topics.signals, topics.config)
             ]
             consumer.assign(tps)
             committed = {tp: await consumer.committed(tp) for tp in tps}

@@ -27,6 +27,7 @@ from streams.domain.bounds import (
     MAX_RESULT_BYTES,
     MAX_TARGET_BYTES,
 )
+from streams.domain.config_events import ConfigTable
 from streams.errors import (
     InfrastructureError,
     OrchestratorError,
@@ -98,11 +99,22 @@ class FakeHttp:
         pass
 
 
+class NoRunTimeSettings:
+    """``orchestrator.config`` with nothing set (the client's own settings hold)."""
+
+    async def current(self) -> ConfigTable:
+        return ConfigTable()
+
+    async def close(self) -> None:
+        pass
+
+
 def manager(config: dict[str, Any] | None = None, hang: bool = False) -> TaskManager:
     """A TaskManager with fake connections (never connected to anything)."""
     tm = TaskManager({**NOWHERE, **(config or {})})
     tm._producer = FakeProducer(hang=hang)  # type: ignore[assignment]
     tm._http = FakeHttp(hang=hang)  # type: ignore[assignment]
+    tm._config = NoRunTimeSettings()  # type: ignore[assignment]
     return tm
 
 
