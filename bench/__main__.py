@@ -24,6 +24,10 @@ Cases (each on topics of its own, through real worker processes):
   ``dependency_latency_group_ms_p50`` / ``_p99``: the same for pairs of one group
   (``g/a``, ``g/b``: one partition, the dependent made ready in the dependency's fold step).
   The two kinds alternate in one run.
+- ``soak_*``: a worker whose results expire (``result_ttl`` 2 s) and whose finished tasks
+  retire (``task_retention`` 5 s) takes ``--soak-tasks`` tasks at ``--soak-rate`` per second
+  (``bench/soak.py``): its RSS, open files and ``data_dir`` size at the start (after a warm-up
+  through the whole cycle) and at the end (every task retired).
 - ``worker_rss_mb_1m_tasks``: peak resident memory (VmHWM) of a worker whose ``tasks`` table
   holds a million completed tasks, restored from a pre-filled changelog, after it served
   status reads (``worker_restore_tasks_per_s``: how fast it restored them).
@@ -42,13 +46,13 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import ceiling, fold, lifecycle, memory, replay
+from bench import ceiling, fold, lifecycle, memory, replay, soak
 from bench.workload import Result
 from streams import localbroker
 from streams.process import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CASES = ("fold", "peer", "replay", "lifecycle", "latency", "memory")
+CASES = ("fold", "peer", "replay", "lifecycle", "latency", "memory", "soak")
 
 
 async def run(bootstrap: str, root: Path, args: argparse.Namespace) -> list[Result]:
@@ -86,6 +90,8 @@ async def run(bootstrap: str, root: Path, args: argparse.Namespace) -> list[Resu
             )
     if "memory" in cases:
         results += await memory.memory_case(bootstrap, root, args.million)
+    if "soak" in cases:
+        results += await soak.soak(bootstrap, root, args.soak_tasks, args.soak_rate)
     return results
 
 
@@ -112,6 +118,12 @@ def main() -> int:
         type=int,
         default=1_000_000,
         help="tasks in the memory case's table (the row keeps its name)",
+    )
+    parser.add_argument(
+        "--soak-tasks", type=int, default=50_000, help="tasks through the soak case"
+    )
+    parser.add_argument(
+        "--soak-rate", type=float, default=250.0, help="tasks per second in the soak case"
     )
     parser.add_argument(
         "--commit-interval",

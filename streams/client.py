@@ -148,6 +148,7 @@ class TaskManager:
             )
             try:
                 await producer.start()
+                await self._config.start()  # the settings in force (orchestrator.config)
             except KafkaError as exc:
                 await _abandon(producer)
                 raise InfrastructureError(
@@ -173,13 +174,15 @@ class TaskManager:
         """
         producer, self._producer = self._producer, None
         http, self._http = self._http, None
-        await self._config.close()
         try:
             if producer is not None:
                 await self._stop_producer(producer)
         finally:
-            if http is not None:
-                await http.close()
+            try:
+                if http is not None:
+                    await http.close()
+            finally:
+                await self._config.close()
 
     async def _stop_producer(self, producer: AIOKafkaProducer) -> None:
         if self._unacknowledged:
@@ -328,8 +331,7 @@ class TaskManager:
     async def _policy_defaults(self, platform: str, task_type: str) -> dict[str, Any]:
         """The policy defaults ``orchestrator.config`` sets for a new task of ``task_type`` on
         ``platform``, except those this client sets itself (its config, ``ORCHESTRATOR_*``)."""
-        async with _deadline(self.settings, "create_task", "reading the settings in force"):
-            table = await self._config.current()
+        table = await self._config.refresh()
         defaults = {}
         for name, value in table.policy(platform, task_type).items():
             if name in self._given:

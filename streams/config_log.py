@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import logging
 import os
 import socket
 import time
@@ -27,6 +28,8 @@ from streams.config import Settings, file_settings
 from streams.domain.config_events import ANY, ConfigChange, ConfigTable
 from streams.errors import InfrastructureError, SchemaError
 from streams.partitions import partitioner
+
+log = logging.getLogger(__name__)
 
 READ_TIMEOUT_S = 30.0
 """How long reading the topic to its end may take before it is an error."""
@@ -83,7 +86,7 @@ async def read_changes(settings: Settings) -> list[ConfigChange]:
     consumer = _consumer(settings)
     try:
         await consumer.start()
-        tps = await _assign_all(consumer, settings.topics.config, settings.partitions)
+        tps = await _assign_all(consumer, settings.topics.config)
         changes = await _read_to_end(consumer, tps, time.monotonic() + READ_TIMEOUT_S)
     except KafkaError as exc:
         raise InfrastructureError(
@@ -115,53 +118,62 @@ def worker_changes(path: Path, table: ConfigTable) -> list[ConfigChange]:
 
 
 class ConfigFollower:
-    """The settings in force, for a client: read to the end at the first use, then kept
-    current by a consumer that fetches in the background (each use takes what has arrived)."""
+    """The settings in force, for a client: read to the end when the client starts, then kept
+    current by a consumer that fetches in the background (each use takes what has arrived,
+    without waiting)."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._consumer: AIOKafkaConsumer | None = None
         self.table = ConfigTable()
 
-    async def current(self) -> ConfigTable:
-        """The table, with every change that reached this client so far.
+    async def start(self) -> None:
+        """Read the topic to its end (the caller bounds the wait). A topic that does not exist
+        yet (no worker ever started) sets nothing, and is not followed.
 
         Raises:
-            InfrastructureError: Kafka could not be reached at the first use.
+            KafkaError: Kafka could not be reached.
         """
-        if self._consumer is None:
-            consumer = _consumer(self._settings)
-            try:
-                await consumer.start()
-                tps = await _assign_all(
-                    consumer, self._settings.topics.config, self._settings.partitions, True
-                )
-                if not tps:  # no worker has created the topics yet: nothing is set
-                    await consumer.stop()
-                    return self.table
-                deadline = time.monotonic() + READ_TIMEOUT_S
-                for change in await _read_to_end(consumer, tps, deadline):
-                    self.table.apply(change)
-            except KafkaError as exc:
+        if self._consumer is not None:
+            return
+        consumer = _consumer(self._settings)
+        try:
+            await consumer.start()
+            tps = await _assign_all(consumer, self._settings.topics.config, missing_ok=True)
+            if not tps:
                 await consumer.stop()
-                raise InfrastructureError(
-                    f"cannot read {self._settings.topics.config}: {exc}", retriable=True
-                ) from exc
-            except BaseException:
-                await consumer.stop()
-                raise
-            self._consumer = consumer
-            return self.table
-        batches = await self._consumer.getmany(timeout_ms=0)
-        for records in batches.values():
-            for change in _decoded(records):
+                return
+            deadline = time.monotonic() + READ_TIMEOUT_S
+            for change in await _read_to_end(consumer, tps, deadline):
                 self.table.apply(change)
+        except BaseException:
+            await consumer.stop()
+            raise
+        self._consumer = consumer
+
+    def current(self) -> ConfigTable:
+        """The table, with every change that has reached this client so far."""
+        return self.table
+
+    async def refresh(self) -> ConfigTable:
+        """:meth:`current`, after taking the changes fetched in the background."""
+        if self._consumer is not None:
+            batches = await self._consumer.getmany(timeout_ms=0)
+            for records in batches.values():
+                for change in _decoded(records):
+                    self.table.apply(change)
         return self.table
 
     async def close(self) -> None:
+        """Stop following. Never raises: with the broker gone, aiokafka's ``stop`` can end in
+        the cancellation of its own fetch task, which is no failure of the caller's."""
         consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            await consumer.stop()
+        if consumer is None:
+            return
+        stopping = asyncio.ensure_future(consumer.stop())
+        await asyncio.wait([stopping])  # the caller's own cancellation still propagates
+        if not stopping.cancelled() and stopping.exception() is not None:
+            log.debug("the settings follower stopped with %r", stopping.exception())
 
 
 def _consumer(settings: Settings) -> AIOKafkaConsumer:
@@ -174,21 +186,27 @@ def _consumer(settings: Settings) -> AIOKafkaConsumer:
 
 
 async def _assign_all(
-    consumer: AIOKafkaConsumer, topic: str, partitions: int, missing_ok: bool = False
+    consumer: AIOKafkaConsumer, topic: str, missing_ok: bool = False
 ) -> list[TopicPartition]:
-    """Assign every partition of ``topic`` (the project's topics all have ``partitions``),
-    from the beginning; none if the topic does not exist and ``missing_ok``."""
+    """Assign every partition of ``topic``, from the beginning; none if the topic does not
+    exist and ``missing_ok``."""
     deadline = time.monotonic() + (0 if missing_ok else TOPIC_WAIT_S)
-    while topic not in await consumer.topics():
+    while True:
+        # the metadata of this one topic (a consumer without subscriptions tracks none);
         # a topic created a moment ago reaches the brokers' metadata a moment later
+        await consumer._client.add_topic(topic)
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            break
         if missing_ok:
             return []
         if time.monotonic() > deadline:
             raise InfrastructureError(
                 f"topic {topic} does not exist: start a worker once (it creates the topics)"
             )
+        await consumer._client.force_metadata_update()
         await asyncio.sleep(0.1)
-    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
     return tps

@@ -9,6 +9,8 @@ task's whole history, the timer's two events included.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -17,12 +19,20 @@ from typing import Any
 import aiohttp
 import pytest
 
-from schemas import decode_event
+from schemas import decode_event, encode_event
 from streams.client import TaskManager
+from streams.domain import (
+    Event,
+    Source,
+    TaskCompleted,
+    TaskCreated,
+    TaskProgress,
+    TaskStarted,
+)
 from streams.errors import ResultExpiredError, TaskNotFoundError
 from streams.process import WorkerProcess
 from tests.integration.conftest import PARTITIONS, Cluster
-from tests.integration.kafka_io import read_until
+from tests.integration.kafka_io import read_until, send_all
 
 RETENTION_S = 2.0
 RESULT_TTL_S = 1.0
@@ -126,3 +136,63 @@ async def test_results_expire_and_finished_tasks_retire_from_the_table(
     assert kinds[first.encode()][-2:] == ["TaskResultExpired", "TaskRetired"]
     assert kinds[failed[0].encode()][-1] == "TaskRetired"
     assert "TaskResultExpired" not in kinds[failed[0].encode()]
+
+
+SOAK_TASKS = 5_000
+SOAK_STATE_BYTES = 4 * 1024
+"""A finished task of the soak (six events, a 20-byte result) is stored in about 1 KiB."""
+
+
+async def test_a_soak_of_five_thousand_tasks_keeps_states_small_and_ends_with_an_empty_table(
+    cluster: Cluster,
+) -> None:
+    """5,000 tasks, each created, started, three times in progress and completed, with a
+    result that expires after a second: while they pass, no stored state outgrows a small
+    bound; at the end each result has its tombstone and the table holds none of them."""
+    worker = cluster.start("w1", task_retention=str(RETENTION_S), timer_interval="0.2")
+    run = uuid.uuid4().hex[:6]
+    ids = [f"soak{run}-{i:05d}" for i in range(SOAK_TASKS)]
+    now = int(time.time() * 1000)
+
+    def event(task_id: str, payload: Any, step: int) -> tuple[bytes, bytes]:
+        created_at = now + step
+        value = encode_event(Event(str(uuid.uuid4()), task_id, created_at, Source.CLIENT, payload))
+        return task_id.encode(), value
+
+    created = TaskCreated("soak", "web", "x", 5, (), 600_000, 1, 0, 1_000, 600_000)
+    records = []
+    for task_id in ids:
+        records.append(event(task_id, created, 0))
+        records.append(event(task_id, TaskStarted(), 1))
+        records += [event(task_id, TaskProgress(p), 2) for p in (0.25, 0.5, 0.75)]
+        records.append(event(task_id, TaskCompleted(b'{"profile": "found"}'), 3))
+    await send_all(cluster.bootstrap_servers, cluster.topics.events, records)
+
+    largest, seen = 0, 0
+    deadline = time.monotonic() + 240
+    while True:
+        table = await _table(worker)
+        mine = [state for task_id, state in table.items() if task_id.startswith(f"soak{run}")]
+        largest = max([largest, *(len(json.dumps(state)) for state in mine)])
+        assert largest < SOAK_STATE_BYTES, f"a state of {largest} bytes (as JSON)"
+        seen = max(seen, len(mine))
+        if seen and not mine:  # filled, then emptied: every task retired
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"{len(mine)} of the soak's tasks are still in the table")
+        await asyncio.sleep(0.2)  # the next look at the table
+
+    tombstoned: set[bytes] = set()
+
+    def all_tombstoned(records: list[Any]) -> bool:
+        tombstoned.update(r.key for r in records if r.value is None)
+        return len(tombstoned) >= SOAK_TASKS
+
+    await read_until(
+        cluster.bootstrap_servers,
+        cluster.topics.completed,
+        lambda got: all_tombstoned(got),
+        timeout_s=120,
+        keep=lambda r: r.value is None and r.key.startswith(f"soak{run}".encode()),
+    )
+    assert tombstoned == {task_id.encode() for task_id in ids}

@@ -102,7 +102,7 @@ class FakeHttp:
 class NoRunTimeSettings:
     """``orchestrator.config`` with nothing set (the client's own settings hold)."""
 
-    async def current(self) -> ConfigTable:
+    async def refresh(self) -> ConfigTable:
         return ConfigTable()
 
     async def close(self) -> None:
