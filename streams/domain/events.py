@@ -157,6 +157,16 @@ class TaskDeferred:
 
 
 @dataclass(frozen=True)
+class TaskRetryRequested:
+    """A user asked to run a failed or cancelled task again, as a new attempt.
+
+    The task goes back the way a due retry takes it: ``ready`` (and then to its platform's
+    scheduler), or ``pending`` first if it has dependencies, which it asks anew. Refused in any
+    other status.
+    """
+
+
+@dataclass(frozen=True)
 class DependencyRegistered:
     """Keyed by the dependency: ``dependent_id`` waits for it to finish.
 
@@ -199,6 +209,7 @@ Payload = (
     | DependencyResolved
     | DependencyWaitExpired
     | TaskDeferred
+    | TaskRetryRequested
 )
 
 PAYLOAD_TYPES: tuple[type[Payload], ...] = (
@@ -216,6 +227,7 @@ PAYLOAD_TYPES: tuple[type[Payload], ...] = (
     DependencyResolved,
     DependencyWaitExpired,
     TaskDeferred,
+    TaskRetryRequested,
 )
 
 
