@@ -662,7 +662,9 @@ class TaskManager:
             ``task_type``, ``platform``, ``target``, ``priority``, ``attempt``,
             ``max_attempts``, ``progress``, ``last_error``, ``created_at_ms``,
             ``updated_at_ms``, ``completed_at_ms``), and ``next_after``, the cursor of the
-            next page (None after the last page). :meth:`iter_tasks` walks every page.
+            next page (None after the last page). A page may hold fewer than ``limit`` tasks,
+            even none, while ``next_after`` is set: each worker reads at most 10,000 tasks per
+            request. :meth:`iter_tasks` walks every page.
 
         Raises:
             ValidationError: an unknown status (the message names the valid ones), a bad
@@ -787,8 +789,9 @@ class TaskPage(Sequence[dict[str, Any]]):
 
     Attributes:
         tasks: compact status dicts, sorted by task id.
-        next_after: pass it as ``after`` for the next page; None when this page is the last
-            (a full page may be followed by an empty one).
+        next_after: pass it as ``after`` for the next page; None when no task is left. A page
+            shorter than asked (even empty) may still have one: the workers read a bounded
+            number of tasks per request, and a full page may be followed by an empty one.
     """
 
     tasks: tuple[dict[str, Any], ...]

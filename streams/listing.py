@@ -2,9 +2,10 @@
 
 Each worker answers for the partitions it folds (``local=1``); the worker a client asks merges
 the answers of every worker owning partitions of ``task.events``. Every answer is sorted by
-task id and holds at most ``limit`` tasks after the ``after`` cursor, so the merge is the first
-``limit`` of the sorted union. Nothing here does I/O: the HTTP view (``streams.web``) and the
-client (``streams.client``) share these definitions.
+task id, holds at most ``limit`` tasks after the ``after`` cursor and says how far its scan got
+(:class:`Part`), so the page is the first ``limit`` tasks of the union up to where the least
+advanced worker stopped (:func:`merge`). Nothing here does I/O: the HTTP view
+(``streams.web``) and the client (``streams.client``) share these definitions.
 """
 
 from __future__ import annotations
@@ -188,33 +189,60 @@ def list_item(state: TaskState) -> dict[str, Any]:
     }
 
 
-def select(states: Iterable[TaskState], query: TaskQuery) -> list[dict[str, Any]]:
-    """The page of ``states`` (sorted by task id, all after ``query.after``) that ``query``
-    lists: the first ``query.limit`` that match, as :func:`list_item` documents."""
-    page = []
-    for state in states:
+SCAN_BUDGET = 10_000
+"""Tasks one worker's answer reads at most: the scan runs on the worker's event loop, so a
+filter that matches few tasks of a large table is answered in bounded steps (a short page, with
+a cursor to go on from), never by a scan that stalls the fold."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One worker's answer: its matches, and how far its scan is complete.
+
+    Attributes:
+        tasks: the matching tasks, as :func:`list_item` documents, sorted by task id.
+        complete_to: every task of the worker up to this id (included) was read; None: all of
+            them were (its scan reached the end).
+    """
+
+    tasks: list[dict[str, Any]]
+    complete_to: str | None
+
+
+def select(states: Iterable[TaskState], query: TaskQuery, budget: int = SCAN_BUDGET) -> Part:
+    """One worker's answer to ``query`` from ``states`` (sorted by task id, all after
+    ``query.after``): the first ``query.limit`` matches, reading at most ``budget`` states."""
+    tasks: list[dict[str, Any]] = []
+    for read, state in enumerate(states, start=1):
         if query.matches(state):
-            page.append(list_item(state))
-            if len(page) >= query.limit:
-                break
-    return page
+            tasks.append(list_item(state))
+            if len(tasks) >= query.limit:
+                return Part(tasks, state.task_id)
+        if read >= budget:
+            return Part(tasks, state.task_id)
+    return Part(tasks, None)
 
 
-def merge(pages: Iterable[list[dict[str, Any]]], limit: int) -> list[dict[str, Any]]:
-    """The first ``limit`` items of ``pages`` (each sorted by task id), sorted by task id; a
-    task listed by two pages (two workers that both folded its partition) is listed once."""
-    merged: list[dict[str, Any]] = []
-    for item in heapq.merge(*pages, key=lambda item: str(item["task_id"])):
-        if merged and merged[-1]["task_id"] == item["task_id"]:
-            continue
-        merged.append(item)
-        if len(merged) >= limit:
+def merge(parts: Iterable[Part], limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    """The page the workers' ``parts`` make, and the cursor of the next page.
+
+    The page holds, sorted by task id, the first ``limit`` tasks up to the smallest
+    ``complete_to`` (beyond it a worker may have matches it has not read yet). The cursor is
+    the page's last id if the page is full, else that smallest ``complete_to``: a page may then
+    be short, or empty, with more to come. None: no task is left. A task listed by two parts
+    (two workers that both folded its partition, during a rebalance) is listed once.
+    """
+    parts = list(parts)
+    bounds = [part.complete_to for part in parts if part.complete_to is not None]
+    bound = min(bounds) if bounds else None
+    page: list[dict[str, Any]] = []
+    for item in heapq.merge(*(p.tasks for p in parts), key=lambda item: str(item["task_id"])):
+        task_id = str(item["task_id"])
+        if bound is not None and task_id > bound:
             break
-    return merged
-
-
-def next_after(page: list[dict[str, Any]], limit: int) -> str | None:
-    """The cursor of the next page: the last task id of a full page (None: this was the last).
-
-    A full page may be followed by an empty one (exactly ``limit`` tasks were left)."""
-    return str(page[-1]["task_id"]) if len(page) >= limit else None
+        if page and page[-1]["task_id"] == task_id:
+            continue
+        page.append(item)
+        if len(page) >= limit:
+            return page, task_id
+    return page, bound

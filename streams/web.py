@@ -226,14 +226,18 @@ def register_list_view(runtime: Runtime, fold: FoldService) -> None:
     app = runtime.app
     topic = runtime.settings.topics.events
 
-    def local_page(query: listing.TaskQuery) -> dict[str, Any]:
+    def local_part(query: listing.TaskQuery) -> dict[str, Any]:
         after = query.after.encode("utf-8") if query.after is not None else None
         states = (
             value if isinstance(value, TaskState) else decode_state(value)
             for _, value in runtime.tasks.items_after(after)
         )
-        tasks = listing.select(states, query)
-        return {"partitions": sorted(fold.open_partitions()), "tasks": tasks}
+        part = listing.select(states, query)
+        return {
+            "partitions": sorted(fold.open_partitions()),
+            "tasks": part.tasks,
+            "complete_to": part.complete_to,
+        }
 
     @app.page("/tasks")
     async def list_tasks(self: View, request: Request) -> Response:
@@ -244,33 +248,33 @@ def register_list_view(runtime: Runtime, fold: FoldService) -> None:
         if not fold.serving or app.rebalancing:
             return _not_ready(self)
         if query.local:
-            return self.json(local_page(query))
-        pages: list[list[dict[str, Any]]] = []
+            return self.json(local_part(query))
+        others = _owners(app, topic)
+        params = query.params(local=True)
+        answers = await asyncio.gather(*(_ask(app, f"{url}/tasks", params) for url in others))
+        parts: list[listing.Part] = []
         served: set[int] = set()
-        for url in _owners(app, topic):
-            if url is None:
-                answer = local_page(query)
-            else:
-                status, answer = await _ask(app, f"{url}/tasks", query.params(local=True))
-                if status != 200:
-                    detail = f"the worker at {url} answered {status}: {answer.get('detail')}"
-                    return self.json({"error": "not_ready", "detail": detail}, status=503)
-            pages.append(answer["tasks"])
+        everyone = [("this worker", (200, local_part(query))), *zip(others, answers, strict=True)]
+        for url, (status, answer) in everyone:
+            if status != 200:
+                detail = f"the worker at {url} answered {status}: {answer.get('detail')}"
+                return self.json({"error": "not_ready", "detail": detail}, status=503)
+            parts.append(listing.Part(answer["tasks"], answer["complete_to"]))
             served.update(answer["partitions"])
         unserved = sorted(set(range(runtime.settings.partitions)) - served)
         if unserved:
             detail = f"partitions {unserved} of {topic} are served by no worker yet; ask again"
             return self.json({"error": "not_ready", "detail": detail}, status=503)
-        tasks = listing.merge(pages, query.limit)
-        return self.json({"tasks": tasks, "next_after": listing.next_after(tasks, query.limit)})
+        tasks, next_after = listing.merge(parts, query.limit)
+        return self.json({"tasks": tasks, "next_after": next_after})
 
 
-def _owners(app: Any, topic: str) -> list[str | None]:
-    """The HTTP APIs of the workers owning partitions of ``topic`` (None: this worker)."""
+def _owners(app: Any, topic: str) -> list[str]:
+    """The HTTP APIs of the other workers owning partitions of ``topic``."""
     routes = app.router.external_topics_metadata()
     me = str(app.conf.canonical_url).rstrip("/")
     owners = {str(host).rstrip("/") for host, topics in routes.items() if topics.get(topic)}
-    return [None, *sorted(owners - {me})]
+    return sorted(owners - {me})
 
 
 async def _ask(app: Any, url: str, params: dict[str, str]) -> tuple[int, dict[str, Any]]:

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.client import TaskPage, task_query
 from streams.domain import Status, TaskState
@@ -16,10 +18,10 @@ from streams.listing import (
     DEFAULT_LIMIT,
     ITEM_FIELDS,
     MAX_LIMIT,
+    Part,
     TaskQuery,
     list_item,
     merge,
-    next_after,
     parse_query,
     select,
 )
@@ -130,24 +132,89 @@ def test_an_item_is_the_status_document_cut_to_its_fields() -> None:
 
 def test_select_takes_the_first_matches_up_to_the_limit() -> None:
     states = [_task(f"t{i}", Status.FAILED if i % 2 else Status.READY) for i in range(10)]
-    page = select(states, TaskQuery(statuses=frozenset({Status.FAILED}), limit=3))
-    assert [item["task_id"] for item in page] == ["t1", "t3", "t5"]
+    part = select(states, TaskQuery(statuses=frozenset({Status.FAILED}), limit=3))
+    assert [item["task_id"] for item in part.tasks] == ["t1", "t3", "t5"]
+    assert part.complete_to == "t5"
+
+
+def test_select_that_reads_every_state_is_complete() -> None:
+    states = [_task(f"t{i}", Status.READY) for i in range(4)]
+    part = select(states, TaskQuery(statuses=frozenset({Status.FAILED})))
+    assert part == Part([], None)
+
+
+def test_select_stops_at_its_budget_and_says_how_far_it_read() -> None:
+    states = [_task(f"t{i}", Status.FAILED if i == 8 else Status.READY) for i in range(10)]
+    query = TaskQuery(statuses=frozenset({Status.FAILED}))
+    assert select(states, query, budget=5) == Part([], "t4")
+    assert select(states[5:], query, budget=5).tasks == [list_item(states[8])]
 
 
 def _items(*ids: str) -> list[dict[str, Any]]:
     return [{"task_id": task_id} for task_id in ids]
 
 
-def test_pages_of_several_workers_merge_in_id_order_up_to_the_limit() -> None:
-    merged = merge([_items("a", "d", "e"), _items("b", "c", "f"), []], 4)
-    assert [item["task_id"] for item in merged] == ["a", "b", "c", "d"]
-    assert next_after(merged, 4) == "d"
-    assert next_after(merged[:3], 4) is None
+def _ids(page: list[dict[str, Any]]) -> list[str]:
+    return [item["task_id"] for item in page]
+
+
+def test_parts_of_several_workers_merge_in_id_order_up_to_the_limit() -> None:
+    page, after = merge([Part(_items("a", "d", "e"), "e"), Part(_items("b", "c"), None)], 4)
+    assert (_ids(page), after) == (["a", "b", "c", "d"], "d")
+
+
+def test_the_last_page_has_no_cursor() -> None:
+    page, after = merge([Part(_items("a", "c"), None), Part(_items("b"), None)], 4)
+    assert (_ids(page), after) == (["a", "b", "c"], None)
+
+
+def test_a_page_stops_where_a_worker_stopped_reading() -> None:
+    """The second worker read up to "c" only (its budget): "d" of the first worker may come
+    after matches of the second that it has not read, so the page ends at "c" and the next
+    one starts there."""
+    parts = [Part(_items("a", "d"), None), Part(_items("b"), "c")]
+    page, after = merge(parts, 10)
+    assert (_ids(page), after) == (["a", "b"], "c")
+    empty, after = merge([Part([], None), Part([], "m")], 10)
+    assert (empty, after) == ([], "m")
 
 
 def test_a_task_two_workers_list_during_a_rebalance_is_listed_once() -> None:
-    merged = merge([_items("a", "b"), _items("b", "c")], 10)
-    assert [item["task_id"] for item in merged] == ["a", "b", "c"]
+    page, _ = merge([Part(_items("a", "b"), None), Part(_items("b", "c"), None)], 10)
+    assert _ids(page) == ["a", "b", "c"]
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    ids=st.sets(st.integers(0, 999), max_size=60),
+    workers=st.integers(1, 4),
+    limit=st.integers(1, 12),
+    budget=st.integers(1, 15),
+)
+def test_paging_through_every_worker_lists_each_match_once_in_order(
+    ids: set[int], workers: int, limit: int, budget: int
+) -> None:
+    """However the tasks are spread over the workers, and whatever the page size and scan
+    budget, following the cursors lists every match exactly once, in id order."""
+    states = {
+        f"t{i:03d}": _task(f"t{i:03d}", Status.FAILED if i % 3 else Status.READY) for i in ids
+    }
+    owned = [sorted(t for t in states if int(t[1:]) % workers == w) for w in range(workers)]
+    query = TaskQuery(statuses=frozenset({Status.FAILED}), limit=limit)
+    listed: list[str] = []
+    for _ in range(len(ids) + 2):
+        parts = [
+            select(
+                (states[t] for t in mine if query.after is None or t > query.after), query, budget
+            )
+            for mine in owned
+        ]
+        page, after = merge(parts, limit)
+        listed += _ids(page)
+        if after is None:
+            break
+        query = TaskQuery(statuses=query.statuses, limit=limit, after=after)
+    assert listed == sorted(t for t, s in states.items() if s.status is Status.FAILED)
 
 
 def test_the_store_scans_in_key_order_after_the_cursor_with_uncommitted_writes(
