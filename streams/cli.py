@@ -362,13 +362,13 @@ def _tasks(args: argparse.Namespace) -> int:
         document = {"tasks": list(found), "next_after": found.next_after}
         print(json.dumps(document, indent=2, sort_keys=True))
         return 0
-    print(_table(list(found)))
+    print(_table(list(found), more=found.next_after is not None))
     if found.next_after is not None:
         print(f"more: orchestrator tasks ... --after {found.next_after}", file=sys.stderr)
     return 0
 
 
-def _table(tasks: list[dict[str, Any]]) -> str:
+def _table(tasks: list[dict[str, Any]], more: bool = False) -> str:
     """The tasks as an aligned text table: id, status, platform, type, attempt, updated."""
     from datetime import UTC, datetime
 
@@ -390,7 +390,7 @@ def _table(tasks: list[dict[str, Any]]) -> str:
         for row in (header, *rows)
     ]
     if not rows:
-        lines.append("(no tasks)")
+        lines.append("(none in this page)" if more else "(no tasks)")
     return "\n".join(lines)
 
 
