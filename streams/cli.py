@@ -23,7 +23,12 @@ from typing import Any
 
 from streams.config import load_settings, read_config_file
 from streams.domain.config_events import ANY, POLICY_KEYS, RATE_LIMITS
-from streams.errors import ConfigurationError, OrchestratorError, ValidationError
+from streams.errors import (
+    ConfigurationError,
+    DuplicateTaskError,
+    OrchestratorError,
+    ValidationError,
+)
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -128,6 +133,8 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--task-id", default=None)
     submit.set_defaults(handler=_submit)
 
+    _task_commands(commands)
+
     show = commands.add_parser("status", help="print a task's status as JSON")
     _common_options(show)
     show.add_argument("task_id")
@@ -199,6 +206,33 @@ def _config_commands(commands: Any) -> None:
     _common_options(history)
     history.add_argument("--json", action="store_true", help="one JSON object per line")
     history.set_defaults(handler=_config_history)
+
+
+def _task_commands(commands: Any) -> None:
+    tasks = commands.add_parser(
+        "tasks", help="list tasks, by status, platform or type (a page, sorted by id)"
+    )
+    _common_options(tasks)
+    tasks.add_argument(
+        "--status", help="a status, or several separated by commas (failed,cancelled)"
+    )
+    tasks.add_argument("--platform")
+    tasks.add_argument("--task-type")
+    tasks.add_argument("--limit", type=int, default=100, help="tasks per page, 1 to 1000")
+    tasks.add_argument("--after", metavar="TASK_ID", help="start after this id (the next page)")
+    tasks.add_argument("--json", action="store_true", help="print the page as JSON")
+    tasks.set_defaults(handler=_tasks)
+
+    cancel = commands.add_parser("cancel", help="cancel a task (and the tasks depending on it)")
+    _common_options(cancel)
+    cancel.add_argument("task_id")
+    cancel.add_argument("--reason", default="cancelled by user")
+    cancel.set_defaults(handler=_cancel)
+
+    retry = commands.add_parser("retry", help="run a failed or cancelled task again")
+    _common_options(retry)
+    retry.add_argument("task_id")
+    retry.set_defaults(handler=_retry)
 
 
 def _projection_commands(commands: Any) -> None:
@@ -325,9 +359,107 @@ def _submit(args: argparse.Namespace) -> int:
 
     async def submit() -> str:
         async with tm:
-            return await tm.create_task(**task)
+            if args.task_id is not None:
+                await _refuse_existing(tm, args.task_id)
+            try:
+                return await tm.create_task(**task)
+            except DuplicateTaskError as exc:
+                raise DuplicateTaskError("submit", exc.reason, _exists(args.task_id)) from exc
 
     print(asyncio.run(submit()))
+    return 0
+
+
+async def _refuse_existing(tm: Any, task_id: str) -> None:
+    """Raise if ``task_id`` is a task already: submitting it again would do nothing (the
+    creation is idempotent), which would look like a success."""
+    from streams.errors import TaskNotFoundError
+
+    try:
+        status = await tm.get_task_status(task_id)
+    except TaskNotFoundError:
+        return
+    raise DuplicateTaskError("submit", "duplicate_task", _exists(task_id, status["status"]))
+
+
+def _exists(task_id: str, status: str | None = None) -> str:
+    known = f" (status {status})" if status else ""
+    return f"task {task_id} already exists{known}; to run it again: orchestrator retry {task_id}"
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    from streams.client import TaskManager, task_query
+
+    task_query(args.status, args.platform, args.task_type, args.limit, args.after)  # first
+
+    async def page() -> Any:
+        async with TaskManager(_overrides(args)) as tm:
+            return await tm.list_tasks(
+                args.status, args.platform, args.task_type, args.limit, args.after
+            )
+
+    found = asyncio.run(page())
+    if args.json:
+        document = {"tasks": list(found), "next_after": found.next_after}
+        print(json.dumps(document, indent=2, sort_keys=True))
+        return 0
+    print(_table(list(found), more=found.next_after is not None))
+    if found.next_after is not None:
+        print(f"more: orchestrator tasks ... --after {found.next_after}", file=sys.stderr)
+    return 0
+
+
+def _table(tasks: list[dict[str, Any]], more: bool = False) -> str:
+    """The tasks as an aligned text table: id, status, platform, type, attempt, updated."""
+    from datetime import UTC, datetime
+
+    header = ("ID", "STATUS", "PLATFORM", "TYPE", "ATTEMPT", "UPDATED")
+    rows = [
+        (
+            task["task_id"],
+            task["status"],
+            task["platform"],
+            task["task_type"],
+            f"{task['attempt']}/{task['max_attempts']}",
+            datetime.fromtimestamp(task["updated_at_ms"] / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        )
+        for task in tasks
+    ]
+    widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
+    lines = [
+        "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+        for row in (header, *rows)
+    ]
+    if not rows:
+        lines.append("(none in this page)" if more else "(no tasks)")
+    return "\n".join(lines)
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from streams.client import TaskManager
+
+    _check_task_id(args.task_id)
+
+    async def cancel() -> None:
+        async with TaskManager(_overrides(args)) as tm:
+            await tm.cancel_task(args.task_id, args.reason)
+
+    asyncio.run(cancel())
+    print(f"{args.task_id}: cancelled")
+    return 0
+
+
+def _retry(args: argparse.Namespace) -> int:
+    from streams.client import TaskManager
+
+    _check_task_id(args.task_id)
+
+    async def retry() -> None:
+        async with TaskManager(_overrides(args)) as tm:
+            await tm.retry_task(args.task_id)
+
+    asyncio.run(retry())
+    print(f"{args.task_id}: retried (a new attempt: orchestrator status {args.task_id})")
     return 0
 
 

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, overload
 
 import aiohttp
 from aiokafka import AIOKafkaProducer
@@ -46,6 +46,7 @@ from streams.domain import (
     TaskCreated,
     TaskFailed,
     TaskProgress,
+    TaskRetryRequested,
     TaskStarted,
     derived_event_id,
 )
@@ -66,6 +67,7 @@ from streams.domain.events import MAX_RATE_LIMITED
 from streams.domain.signals import PlatformPaused, SchedulerSignal
 from streams.errors import (
     REJECTION_ERRORS,
+    BatchWriteError,
     ConfigurationError,
     EventRejectedError,
     InfrastructureError,
@@ -77,6 +79,7 @@ from streams.errors import (
     UnconfirmedWriteError,
     ValidationError,
 )
+from streams.listing import DEFAULT_LIMIT, TaskQuery, parse_query
 from streams.partitions import partitioner
 
 PRIORITY_RANGE = range(1, MAX_PRIORITY + 1)
@@ -423,6 +426,137 @@ class TaskManager:
         payload = TaskCancelled(cut_reason(reason))
         await self._write("cancel_task", task_id, payload, confirm=confirm)
 
+    async def retry_task(self, task_id: str, confirm: bool = True) -> None:
+        """Run a failed or cancelled task again, as a new attempt.
+
+        The task becomes ready again (pending first if it has dependencies: it asks them
+        anew, and runs once they have all completed) and its platform's scheduler dispatches
+        it within the platform's limits. A task that had spent all its attempts gets one more
+        (a failure of it is final); one that had attempts left keeps them.
+
+        Raises:
+            IllegalTransitionError: the task is neither failed nor cancelled (running,
+                completed, ...).
+            UnknownTaskError: there is no such task.
+        """
+        _check(id_problem("task_id", task_id))
+        await self._write("retry_task", task_id, TaskRetryRequested(), confirm=confirm)
+
+    async def create_tasks(
+        self, specs: Iterable[Mapping[str, Any]], confirm: bool = True
+    ) -> list[str]:
+        """Submit many tasks at once; return their ids, in the order given.
+
+        Each spec holds :meth:`create_task`'s arguments (``task_type``, ``platform``,
+        ``target`` and optionally ``dependencies``, ``priority``, ``timeout``, ``task_id``,
+        ``max_retries``, ``retry_delay``, ``max_rate_limited``). Every spec is validated before
+        anything is sent; the events are then sent together (one flush), and with ``confirm``
+        each one's verdict is awaited as :meth:`create_task` does. The whole call has one
+        ``request_timeout``. Creating an id this client already created is idempotent, as with
+        :meth:`create_task`.
+
+        Raises:
+            ValidationError: a bad spec (named by its index), two specs with one task id, or
+                more than :data:`MAX_BATCH` specs; nothing was written.
+            BatchWriteError: some tasks were refused (or their verdict not read); its
+                ``errors`` names them, the others were created.
+            RequestTimeoutError: the batch took longer than ``request_timeout``.
+        """
+        tasks = self._new_tasks(specs)
+        if not tasks:
+            return []
+        if self._producer is None:
+            raise OrchestratorError("TaskManager is not started: use 'async with TaskManager(...)'")
+        producer = self._producer
+        topic = self.settings.topics.events
+        now_ms = int(time.time() * _MS)
+        waiting_for = f"Kafka at {self.settings.bootstrap_servers} did not acknowledge the events"
+        async with _deadline(self.settings, "create_tasks", waiting_for):
+            try:
+                sent = [
+                    await producer.send(
+                        topic,
+                        encode_event(
+                            Event(
+                                derived_event_id(task_id, "created"),
+                                task_id,
+                                now_ms,
+                                self._source,
+                                payload,
+                            )
+                        ),
+                        key=task_id.encode("utf-8"),
+                    )
+                    for task_id, payload in tasks
+                ]
+                await producer.flush()
+                written = await asyncio.gather(*sent)
+            except KafkaError as exc:
+                raise InfrastructureError(
+                    f"cannot write to {topic}: {exc}", retriable=True
+                ) from exc
+            except BaseException:
+                self._unacknowledged = True
+                raise
+            task_ids = [task_id for task_id, _ in tasks]
+            for task_id, metadata in zip(task_ids, written, strict=True):
+                self._last_write[task_id] = (metadata.partition, metadata.offset)
+            if confirm:
+                errors = await self._confirm_all("create_tasks", task_ids, written)
+                if errors:
+                    raise BatchWriteError("create_tasks", task_ids, errors)
+        return task_ids
+
+    def _new_tasks(self, specs: Iterable[Mapping[str, Any]]) -> list[tuple[str, TaskCreated]]:
+        """The id and ``TaskCreated`` of each spec of :meth:`create_tasks`, validated."""
+        if isinstance(specs, Mapping | str | bytes) or not isinstance(specs, Iterable):
+            raise ValidationError("specs must be a list of mappings of create_task's arguments")
+        tasks: list[tuple[str, TaskCreated]] = []
+        seen: dict[str, int] = {}
+        for index, spec in enumerate(specs):
+            if len(tasks) >= MAX_BATCH:
+                raise ValidationError(f"a batch holds at most {MAX_BATCH} tasks")
+            if not isinstance(spec, Mapping):
+                raise ValidationError(f"specs[{index}] must be a mapping, got {spec!r}")
+            unknown = sorted(set(spec) - set(_SPEC_DEFAULTS) - _SPEC_REQUIRED)
+            missing = sorted(_SPEC_REQUIRED - set(spec))
+            if unknown or missing:
+                problem = f"unknown keys {unknown}" if unknown else f"missing keys {missing}"
+                raise ValidationError(f"specs[{index}]: {problem}")
+            try:
+                task_id, payload = self._new_task(**{**_SPEC_DEFAULTS, **spec})
+            except ValidationError as exc:
+                raise ValidationError(f"specs[{index}]: {exc}") from exc
+            if task_id in seen:
+                raise ValidationError(
+                    f"specs[{seen[task_id]}] and specs[{index}] have one task id, {task_id}"
+                )
+            seen[task_id] = index
+            tasks.append((task_id, payload))
+        return tasks
+
+    async def _confirm_all(
+        self, call: str, task_ids: list[str], written: list[Any]
+    ) -> dict[str, OrchestratorError]:
+        """Await every write's verdict (a few at a time); the errors, by task id."""
+        errors: dict[str, OrchestratorError] = {}
+        gate = asyncio.Semaphore(_CONFIRMING_AT_ONCE)
+
+        async def confirm(task_id: str, partition: int, offset: int) -> None:
+            async with gate:
+                try:
+                    await self._confirm(call, task_id, partition, offset)
+                except (EventRejectedError, UnconfirmedWriteError) as exc:
+                    errors[task_id] = exc
+
+        await asyncio.gather(
+            *(
+                confirm(task_id, metadata.partition, metadata.offset)
+                for task_id, metadata in zip(task_ids, written, strict=True)
+            )
+        )
+        return {task_id: errors[task_id] for task_id in task_ids if task_id in errors}
+
     async def _write(
         self,
         call: str,
@@ -534,10 +668,72 @@ class TaskManager:
             return json.loads(body)
         return body
 
-    async def _get(self, call: str, path: str, task_id: str | None = None) -> dict[str, Any]:
+    async def list_tasks(
+        self,
+        status: str | Iterable[str] | None = None,
+        platform: str | None = None,
+        task_type: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        after: str | None = None,
+    ) -> TaskPage:
+        """One page of the tasks of every worker, sorted by task id.
+
+        Args:
+            status: a status (``"failed"``), several (a list), or None for any.
+            platform, task_type: only tasks with this value (None: any).
+            limit: the most tasks in the page, 1 to 1000.
+            after: start after this task id: the ``next_after`` of the previous page.
+
+        Returns:
+            a :class:`TaskPage`: a sequence of compact status dicts (``task_id``, ``status``,
+            ``task_type``, ``platform``, ``target``, ``priority``, ``attempt``,
+            ``max_attempts``, ``progress``, ``last_error``, ``created_at_ms``,
+            ``updated_at_ms``, ``completed_at_ms``), and ``next_after``, the cursor of the
+            next page (None after the last page). A page may hold fewer than ``limit`` tasks,
+            even none, while ``next_after`` is set: each worker reads at most 10,000 tasks per
+            request. :meth:`iter_tasks` walks every page.
+
+        Raises:
+            ValidationError: an unknown status (the message names the valid ones), a bad
+                platform, task type, ``after`` or ``limit``; nothing was asked.
+            RequestTimeoutError: no answer within ``request_timeout``.
+        """
+        query = task_query(status, platform, task_type, limit, after)
+        document = await self._get("list_tasks", "/tasks", params=query.params())
+        tasks = document.get("tasks")
+        if not isinstance(tasks, list):
+            raise InfrastructureError(f"the worker answered no task list: {document!r:.200}")
+        next_after = document.get("next_after")
+        return TaskPage(tuple(tasks), next_after if isinstance(next_after, str) else None)
+
+    async def iter_tasks(
+        self,
+        status: str | Iterable[str] | None = None,
+        platform: str | None = None,
+        task_type: str | None = None,
+        page_size: int = DEFAULT_LIMIT,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every task :meth:`list_tasks` lists, page after page (each page one request, with
+        its own ``request_timeout``); a task is listed once, in task id order."""
+        after: str | None = None
+        while True:
+            page = await self.list_tasks(status, platform, task_type, page_size, after)
+            for task in page:
+                yield task
+            if page.next_after is None:
+                return
+            after = page.next_after
+
+    async def _get(
+        self,
+        call: str,
+        path: str,
+        task_id: str | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
         if self._http is None:
             raise OrchestratorError("TaskManager is not started: use 'async with TaskManager(...)'")
-        params = {}
+        params = dict(params or {})
         url = self.settings.api_url.rstrip("/") + path
         waiting_for = f"the worker at {url} did not answer"
         if task_id is not None and task_id in self._last_write:
@@ -595,6 +791,74 @@ class TaskManager:
                 return status, document
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, RETRY_MAX_S)
+
+
+MAX_BATCH = 10_000
+"""The most tasks one :meth:`TaskManager.create_tasks` call takes."""
+_CONFIRMING_AT_ONCE = 16
+"""Verdicts a batch awaits at once."""
+_SPEC_REQUIRED = frozenset({"task_type", "platform", "target"})
+_SPEC_DEFAULTS: dict[str, Any] = {
+    "dependencies": (),
+    "priority": 5,
+    "timeout": None,
+    "task_id": None,
+    "max_retries": None,
+    "retry_delay": None,
+    "max_rate_limited": None,
+}
+"""The optional keys of a :meth:`TaskManager.create_tasks` spec, with their defaults."""
+
+
+@dataclass(frozen=True)
+class TaskPage(Sequence[dict[str, Any]]):
+    """One page of :meth:`TaskManager.list_tasks`: the tasks, and where the next page starts.
+
+    Attributes:
+        tasks: compact status dicts, sorted by task id.
+        next_after: pass it as ``after`` for the next page; None when no task is left. A page
+            shorter than asked (even empty) may still have one: the workers read a bounded
+            number of tasks per request, and a full page may be followed by an empty one.
+    """
+
+    tasks: tuple[dict[str, Any], ...]
+    next_after: str | None
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[dict[str, Any]]: ...
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | Sequence[dict[str, Any]]:
+        return self.tasks[index]
+
+
+def task_query(
+    status: str | Iterable[str] | None,
+    platform: str | None,
+    task_type: str | None,
+    limit: int,
+    after: str | None,
+) -> TaskQuery:
+    """The query of :meth:`TaskManager.list_tasks`, validated as the worker validates it."""
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise ValidationError(f"limit must be an integer from 1 to 1000, got {limit!r}")
+    pairs = [("limit", str(limit))]
+    if status is not None:
+        statuses = [status] if isinstance(status, str) else list(status)
+        if not all(isinstance(s, str) for s in statuses):
+            raise ValidationError(f"status must be a status name or a list of them: {status!r}")
+        if any("," in s for s in statuses) or not statuses:
+            raise ValidationError(f"status must name one or more statuses, got {status!r}")
+        pairs.append(("status", ",".join(statuses)))
+    for name, value in (("platform", platform), ("task_type", task_type), ("after", after)):
+        if value is not None:
+            if not isinstance(value, str) or not value:
+                raise ValidationError(f"{name} must be a non-empty string, got {value!r}")
+            pairs.append((name, value))
+    return parse_query(pairs)
 
 
 @dataclass

@@ -110,6 +110,24 @@ class DuplicateTaskError(EventRejectedError):
     """``create_task`` with the id of a task that already exists."""
 
 
+class BatchWriteError(OrchestratorError):
+    """Some writes of a batch (``create_tasks``) were refused, or their verdict was not read;
+    the others were applied.
+
+    Attributes:
+        task_ids: every task id of the batch, in the order given.
+        errors: the error of each task that was not applied (an ``EventRejectedError`` or an
+            ``UnconfirmedWriteError``), by task id; the tasks not named here were applied.
+    """
+
+    def __init__(self, call: str, task_ids: list[str], errors: dict[str, OrchestratorError]):
+        shown = "; ".join(f"{task_id}: {error}" for task_id, error in list(errors.items())[:5])
+        more = f"; and {len(errors) - 5} more" if len(errors) > 5 else ""
+        super().__init__(f"{call}: {len(errors)} of {len(task_ids)} writes failed: {shown}{more}")
+        self.task_ids = task_ids
+        self.errors = errors
+
+
 REJECTION_ERRORS: dict[str, type[EventRejectedError]] = {
     "illegal_transition": IllegalTransitionError,
     "unknown_task": UnknownTaskError,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -38,6 +39,10 @@ FAULT_DISK_FULL_ENV = "ORCHESTRATOR_FAULT_INJECT_DISK_FULL"
 """A fault injection for tests, never set otherwise: while the file this variable names
 exists, every write to the worker's stores (the tasks table, the scheduler's tables) fails as
 on a full disk. Tests use it where they cannot mount a small tmpfs."""
+
+
+def _key(item: tuple[bytes, Any]) -> bytes:
+    return item[0]
 
 
 def raise_if_disk_full_injected() -> None:
@@ -136,6 +141,26 @@ class PartitionStore:
             if value is not None:
                 yield key, self._encoded(value)
 
+    def items_after(self, after: bytes | None) -> Iterator[tuple[bytes, Any]]:
+        """The tasks with keys after ``after`` (None: all), in key order, uncommitted writes
+        included; a value written as an object comes as that object, any other as bytes.
+
+        Consume it without awaiting in between: the uncommitted writes are read as they are
+        when it starts, the database as it is at its first step.
+        """
+        overlay: dict[bytes, Any] = {**self.uncommitted, **self.objects}
+        pending = sorted(k for k in overlay if after is None or k > after)
+        stored = (
+            (key, value)
+            for key, value in self._db.items(from_key=after)
+            if isinstance(key, bytes)
+            and key != CHECKPOINT_KEY
+            and key not in overlay
+            and (after is None or key > after)
+        )
+        written = ((key, overlay[key]) for key in pending if overlay[key] is not None)
+        return heapq.merge(stored, written, key=_key)
+
     def commit(self, checkpoint: int | None) -> None:
         """The transaction committed: write its states (and the new checkpoint) atomically.
 
@@ -221,6 +246,12 @@ class TaskStore:
         """Every task of the open partitions."""
         for partition in sorted(self.open):
             yield from self.open[partition].items()
+
+    def items_after(self, after: bytes | None) -> Iterator[tuple[bytes, Any]]:
+        """The tasks of the open partitions with keys after ``after``, in key order (see
+        :meth:`PartitionStore.items_after`)."""
+        sources = [self.open[p].items_after(after) for p in sorted(self.open)]
+        return heapq.merge(*sources, key=_key)
 
     def database(self, partition: int) -> PartitionStore:
         """``partition``'s database, opened on first use and kept open."""

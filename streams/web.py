@@ -8,6 +8,11 @@ the fold has processed that offset (at most ``wait`` seconds, default ``read_tim
 own write.
 
 Routes:
+    GET /tasks?status=&platform=&task_type=&limit=&after=
+                                 tasks of every worker, sorted by id, one page (``limit``,
+                                 default 100, at most 1000) after the ``after`` id; each a
+                                 compact status (``streams.listing``); with ``local=1`` only
+                                 this worker's partitions (what the asked worker asks the others)
     GET /tasks/{task_id}         the task's state (404 if no such task)
     GET /tasks/{task_id}/result  the result (409 not completed, 410 expired)
     GET /tasks/{task_id}/verdict?after=P:O
@@ -29,21 +34,25 @@ Routes:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import time
 from typing import Any
 
+import aiohttp
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from streams import health as health_check
+from streams import listing
 from streams.agents.fold import FoldService
 from streams.agents.scheduler import SchedulerService
 from streams.app import Runtime
 from streams.domain import Status, TaskState, state_to_dict
 from streams.domain.bounds import id_problem
 from streams.domain.state import waiting_on
+from streams.errors import ValidationError
 from streams.state_codec import decode_state
 
 _HIDDEN_FIELDS = ("seen_event_ids", "result", "waiting")
@@ -54,6 +63,7 @@ def register(runtime: Runtime, fold: FoldService, scheduler: SchedulerService) -
     ``scheduler``'s platforms."""
     app = runtime.app
     register_state_view(runtime, fold)
+    register_list_view(runtime, fold)
     register_limits_view(runtime, scheduler)
     register_metrics_view(runtime, fold)
     register_health_view(runtime, fold, scheduler)
@@ -204,6 +214,84 @@ def register_state_view(runtime: Runtime, fold: FoldService) -> None:
                 for key, value in runtime.tasks.items()
             }
         return self.json({"partitions": owned, "offsets": offsets, "tasks": tasks})
+
+
+def register_list_view(runtime: Runtime, fold: FoldService) -> None:
+    """Add ``GET /tasks``: a page of the tasks of every worker, filtered, sorted by task id.
+
+    The worker asked answers for all: it asks each worker owning partitions of ``task.events``
+    (faust's topic metadata; itself without HTTP) for its own page (``local=1``) and merges
+    them. A partition no worker serves yet, a worker that does not answer, or one not ready
+    makes the answer ``503`` (clients retry it); bad parameters answer ``400``.
+    """
+    app = runtime.app
+    topic = runtime.settings.topics.events
+
+    def local_part(query: listing.TaskQuery) -> dict[str, Any]:
+        after = query.after.encode("utf-8") if query.after is not None else None
+        states = (
+            value if isinstance(value, TaskState) else decode_state(value)
+            for _, value in runtime.tasks.items_after(after)
+        )
+        part = listing.select(states, query)
+        return {
+            "partitions": sorted(fold.open_partitions()),
+            "tasks": part.tasks,
+            "complete_to": part.complete_to,
+        }
+
+    @app.page("/tasks")
+    async def list_tasks(self: View, request: Request) -> Response:
+        try:
+            query = listing.parse_query(request.query.items())
+        except ValidationError as exc:
+            return self.json({"error": "bad_request", "detail": str(exc)}, status=400)
+        if not fold.serving or app.rebalancing:
+            return _not_ready(self)
+        if query.local:
+            return self.json(local_part(query))
+        others = _owners(app, topic)
+        params = query.params(local=True)
+        answers = await asyncio.gather(*(_ask(app, f"{url}/tasks", params) for url in others))
+        parts: list[listing.Part] = []
+        served: set[int] = set()
+        everyone = [("this worker", (200, local_part(query))), *zip(others, answers, strict=True)]
+        for url, (status, answer) in everyone:
+            if status != 200:
+                detail = f"the worker at {url} answered {status}: {answer.get('detail')}"
+                return self.json({"error": "not_ready", "detail": detail}, status=503)
+            parts.append(listing.Part(answer["tasks"], answer["complete_to"]))
+            served.update(answer["partitions"])
+        unserved = sorted(set(range(runtime.settings.partitions)) - served)
+        if unserved:
+            detail = f"partitions {unserved} of {topic} are served by no worker yet; ask again"
+            return self.json({"error": "not_ready", "detail": detail}, status=503)
+        tasks, next_after = listing.merge(parts, query.limit)
+        return self.json({"tasks": tasks, "next_after": next_after})
+
+
+def _owners(app: Any, topic: str) -> list[str]:
+    """The HTTP APIs of the other workers owning partitions of ``topic``."""
+    routes = app.router.external_topics_metadata()
+    me = str(app.conf.canonical_url).rstrip("/")
+    owners = {str(host).rstrip("/") for host, topics in routes.items() if topics.get(topic)}
+    return sorted(owners - {me})
+
+
+async def _ask(app: Any, url: str, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """GET ``url`` from another worker: its status and JSON document (503 if it is not
+    reachable or does not answer JSON within :data:`ASK_TIMEOUT_S`)."""
+    try:
+        async with asyncio.timeout(ASK_TIMEOUT_S):
+            async with app.http_client.get(url, params=params) as response:
+                document = await response.json(content_type=None)
+                return response.status, document if isinstance(document, dict) else {}
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return 503, {"detail": f"{type(exc).__name__}: {exc}"}
+
+
+ASK_TIMEOUT_S = 10.0
+"""How long a worker listing tasks waits for each other worker's page."""
 
 
 def _not_ready(view: View) -> Response:

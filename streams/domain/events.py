@@ -171,6 +171,16 @@ class TaskDeferred:
 
 
 @dataclass(frozen=True)
+class TaskRetryRequested:
+    """A user asked to run a failed or cancelled task again, as a new attempt.
+
+    The task goes back the way a due retry takes it: ``ready`` (and then to its platform's
+    scheduler), or ``pending`` first if it has dependencies, which it asks anew. Refused in any
+    other status.
+    """
+
+
+@dataclass(frozen=True)
 class DependencyRegistered:
     """Keyed by the dependency: ``dependent_id`` waits for it to finish.
 
@@ -215,6 +225,7 @@ Payload = (
     | TaskDeferred
     | TaskResultExpired
     | TaskRetired
+    | TaskRetryRequested
 )
 
 PAYLOAD_TYPES: tuple[type[Payload], ...] = (
@@ -234,6 +245,7 @@ PAYLOAD_TYPES: tuple[type[Payload], ...] = (
     TaskDeferred,
     TaskResultExpired,
     TaskRetired,
+    TaskRetryRequested,
 )
 
 

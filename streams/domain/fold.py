@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from streams.domain import bounds
@@ -57,6 +57,7 @@ from streams.domain.events import (
     TaskResultExpired,
     TaskRetired,
     TaskRetryDue,
+    TaskRetryRequested,
     TaskRetryScheduled,
     TaskStarted,
     TaskTimedOut,
@@ -576,6 +577,37 @@ def _on_retired(state: TaskState | None, event: Event, p: TaskRetired) -> _Endin
     return None, ()
 
 
+def _on_retry_requested(state: TaskState | None, event: Event, p: TaskRetryRequested) -> _Result:
+    """Run a failed or cancelled task again: a new attempt, the way a due retry goes.
+
+    The attempt count goes on from where it stopped. A task that had attempts left (a
+    non-retryable failure, a cancellation) keeps them; one that had spent them all gets one
+    more, so ``attempt <= policy.max_attempts`` still holds and a failure of that attempt is
+    final. A task with dependencies is ``pending`` again and asks each of them anew (the
+    answers it had were dropped when it ended): it runs once they have all completed, and is
+    cancelled again if one of them has not.
+    """
+    task = _require(state, event, Status.FAILED, Status.CANCELLED)
+    if task.attempt >= bounds.MAX_ATTEMPTS:
+        raise _Refusal(
+            RejectionCode.ILLEGAL_TRANSITION,
+            f"task {task.task_id} has made {task.attempt} attempts, the most a task may make",
+        )
+    if task.task_id in task.dependencies:
+        raise _Refusal(RejectionCode.ILLEGAL_TRANSITION, "the task depends on itself")
+    policy = task.policy
+    if task.attempt >= policy.max_attempts:
+        policy = replace(policy, max_attempts=task.attempt + 1)
+    task = evolve(task, policy=policy, progress=0.0, rate_limited_in_row=0)
+    if not task.dependencies:
+        return _become_ready(task, event)
+    task = _enter(
+        evolve(task, open_dependencies=tuple(sorted(task.dependencies))), Status.PENDING, event
+    )
+    signal = DependencyRegistered(task.task_id, (task.task_id,), policy.dependency_wait_ms)
+    return task, tuple(_follow_up(event, dep, signal) for dep in task.dependencies)
+
+
 # -- shared steps --------------------------------------------------------------------------
 
 
@@ -755,4 +787,5 @@ _HANDLERS: dict[type[Any], Callable[[TaskState | None, Event, Any], _Result | _E
     TaskDeferred: _on_deferred,
     TaskResultExpired: _on_result_expired,
     TaskRetired: _on_retired,
+    TaskRetryRequested: _on_retry_requested,
 }

@@ -86,3 +86,11 @@ async def sleepy(task: TaskContext) -> dict[str, float]:
         raise
     _note("finished", task)
     return {"slept": float(task.target)}
+
+
+@handler("fails_once")
+async def fails_once(task: TaskContext) -> dict[str, int]:
+    """Fails on attempt 1, succeeds on any later one (a retry by hand runs it again)."""
+    if task.attempt == 1:
+        raise RuntimeError("fails on its first attempt")
+    return {"attempt": task.attempt}

@@ -42,6 +42,7 @@ from streams.domain import (
     TaskResultExpired,
     TaskRetired,
     TaskRetryDue,
+    TaskRetryRequested,
     TaskRetryScheduled,
     TaskStarted,
     TaskState,
@@ -161,6 +162,10 @@ def retry_scheduled(
 
 def retry_due(task_id: str, attempt: int, *, at: int, eid: str | None = None) -> Event:
     return event(task_id, TaskRetryDue(attempt), at=at, eid=eid, source=Source.TIMER)
+
+
+def retry_requested(task_id: str, *, at: int = T0, eid: str | None = None) -> Event:
+    return event(task_id, TaskRetryRequested(), at=at, eid=eid)
 
 
 def registered(

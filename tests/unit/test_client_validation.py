@@ -562,3 +562,43 @@ async def test_the_worker_answers_400_to_a_bad_wait(wait: str) -> None:
     status, document = answer  # type: ignore[misc]
     assert (status, document["error"]) == (400, "bad_request")
     assert document["detail"].startswith("wait must be")
+
+
+# -- batches: create_tasks validates every spec before anything is sent ---------------------
+
+
+@pytest.mark.parametrize(
+    ("specs", "message"),
+    [
+        ([GOOD, {**GOOD, "priority": 0}], r"specs\[1\]: priority must be an integer"),
+        ([GOOD, {"task_type": "x", "platform": "y"}], r"specs\[1\]: missing keys \['target'\]"),
+        ([{**GOOD, "colour": "red"}], r"specs\[0\]: unknown keys \['colour'\]"),
+        ([{**GOOD, "task_id": "a"}, {**GOOD, "task_id": "a"}], r"specs\[0\] and specs\[1\]"),
+        ([GOOD, "profile_scrape"], r"specs\[1\] must be a mapping"),
+        (GOOD, "specs must be a list of mappings"),
+    ],
+)
+async def test_a_bad_batch_is_refused_before_connecting(specs: Any, message: str) -> None:
+    tm = TaskManager(NOWHERE)  # never started: a batch that got as far as sending would fail
+    with pytest.raises(ValidationError, match=message):
+        await tm.create_tasks(specs)
+
+
+def test_a_batch_over_the_cap_is_refused() -> None:
+    from streams.client import MAX_BATCH
+
+    with pytest.raises(ValidationError, match=f"at most {MAX_BATCH} tasks"):
+        TaskManager(NOWHERE)._new_tasks(GOOD for _ in range(MAX_BATCH + 1))
+
+
+def test_a_valid_batch_gives_each_spec_its_created_event_in_order() -> None:
+    tasks = TaskManager(NOWHERE)._new_tasks(
+        [{**GOOD, "task_id": "b"}, {**GOOD, "task_id": "a", "dependencies": ["b"], "priority": 1}]
+    )
+    assert [task_id for task_id, _ in tasks] == ["b", "a"]
+    assert tasks[1][1].dependencies == ("b",) and tasks[1][1].priority == 1
+
+
+async def test_a_retry_of_a_bad_id_is_refused_before_connecting() -> None:
+    with pytest.raises(ValidationError, match="task_id"):
+        await TaskManager(NOWHERE).retry_task("a b")

@@ -39,6 +39,7 @@ from streams.domain import (
     TaskFailed,
     TaskProgress,
     TaskRetryDue,
+    TaskRetryRequested,
     TaskRetryScheduled,
     TaskStarted,
     TaskTimedOut,
@@ -76,6 +77,7 @@ EVERY_PAYLOAD = [
     TaskFailed("HTTP 429", retryable=True, throttled_ms=30_000),
     TaskFailed("interrupted: worker stopping", retryable=True, interrupted=True),
     TaskCreated("profile_scrape", "linkedin", "in/ada", 1, (), 60_000, 4, 5_000, 0, 1, 250),
+    TaskRetryRequested(),
 ]
 
 
@@ -217,7 +219,34 @@ def test_a_v2_task_failed_decodes_as_not_interrupted_and_keeps_its_throttling() 
     assert isinstance(decoded.payload, TaskFailed) and decoded.payload.interrupted is False
 
 
-@pytest.mark.parametrize("version", [1, 2])
+NEW_IN_VERSION_4 = {"TaskResultExpired", "TaskRetired", "TaskRetryRequested"}
+"""The event kinds version 4 of ``task_event`` added to version 3."""
+
+
+def test_the_codec_knows_version_3_the_schema_before_version_4s_kinds() -> None:
+    history = [schema_fingerprint(s) for s in load_history("task_event")]
+    assert history == [schema_fingerprint(_history(v)) for v in (1, 2, 3)]
+    branches = {b["name"] for b in _payload_branches(_history(3))}
+    assert not branches & NEW_IN_VERSION_4
+    current = {b["name"] for b in _payload_branches(load_schema("task_event"))}
+    assert current == branches | NEW_IN_VERSION_4
+
+
+def _payload_branches(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    payload = next(f for f in schema["fields"] if f["name"] == "payload")
+    branches: list[dict[str, Any]] = payload["type"]
+    return branches
+
+
+def test_an_older_reader_refuses_a_retry_request_as_an_unknown_schema() -> None:
+    """A v3 worker cannot read the new event kind: it dead-letters it (unknown schema), it
+    does not crash; upgrade the workers before the clients that retry by hand."""
+    message = encode_event(Event("e", "t", AT, Source.CLIENT, TaskRetryRequested()))
+    with pytest.raises(UnknownSchemaError):
+        SingleObjectCodec(_history(3)).decode(message)
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_messages_of_every_published_version_decode(version: int) -> None:
     for payload in (EVERY_PAYLOAD[0], TaskFailed("HTTP 500", retryable=False), TaskStarted()):
         event = Event("e", "t", AT, Source.CLIENT, payload)

@@ -39,6 +39,7 @@ from streams.domain import (
     TaskFailed,
     TaskProgress,
     TaskRetryDue,
+    TaskRetryRequested,
     TaskRetryScheduled,
     TaskStarted,
     TaskState,
@@ -427,6 +428,7 @@ def payloads() -> st.SearchStrategy[Payload]:
         st.builds(DependencyResolved, st.sampled_from(IDS), st.sampled_from(DependencyOutcome)),
         st.just(DependencyWaitExpired()),
         st.builds(TaskDeferred, TEXT, TEXT, MS),
+        st.just(TaskRetryRequested()),
     )
 
 
