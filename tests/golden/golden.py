@@ -429,10 +429,24 @@ def _variants(step: Step) -> list[str]:
     return found
 
 
+ADDED_AFTER_RECORDING = frozenset(
+    {"TaskDelayElapsed", "PeriodicScheduled", "PeriodicCancelled", "PeriodicOccurrenceDue"}
+)
+"""Payload types and statuses (by name) added after the log was recorded, which it therefore
+cannot hold; their own unit tests cover them (``tests/unit/test_fold_schedule.py``). The log is
+not regenerated for an addition that changes no recorded answer: its answers are what the fold
+gave then. Regenerate it (and empty this) when a change of behaviour needs it anyway."""
+ADDED_STATUSES_AFTER_RECORDING = frozenset({"periodic"})
+
+RECORDED_PAYLOAD_TYPES = tuple(
+    cls for cls in PAYLOAD_TYPES if cls.__name__ not in ADDED_AFTER_RECORDING
+)
+
+
 def missing_coverage(found: dict[str, dict[str, int]]) -> list[str]:
     """What the log should hold and does not (empty: it covers everything)."""
     wanted: list[tuple[str, str, str]] = []
-    for cls in PAYLOAD_TYPES:
+    for cls in RECORDED_PAYLOAD_TYPES:
         wanted += [(f"kinds {v}", cls.__name__, f"{cls.__name__} {v}") for v in map(str, Verdict)]
     wanted += [("sources", str(s), f"an event from source {s}") for s in Source]
     wanted += [("rejections", str(c), f"a refusal {c}") for c in RejectionCode]
@@ -446,7 +460,11 @@ def missing_coverage(found: dict[str, dict[str, int]]) -> list[str]:
         for o in DependencyOutcome
     ]
     wanted += [("effects", cls.__name__, f"a {cls.__name__} effect") for cls in EFFECT_TYPES]
-    wanted += [("final statuses", str(s), f"a task {s} at the end") for s in Status]
+    wanted += [
+        ("final statuses", str(s), f"a task {s} at the end")
+        for s in Status
+        if str(s) not in ADDED_STATUSES_AFTER_RECORDING
+    ]
     wanted += [("endings", name, f"a task ended by {name}") for name in ENDINGS]
     missing = [text for group, key, text in wanted if found.get(group, {}).get(key, 0) < 1]
     if found["records"]["all"] < MIN_RECORDS:

@@ -92,6 +92,10 @@ PROBES: dict[str, Callable[[TaskState | None], Event]] = {
     "DependencyResolved": lambda s: tf.resolved("t", "a", at=LATER),
     "DependencyWaitExpired": lambda s: tf.wait_expired("t", at=LATER),
     "TaskDeferred": lambda s: tf.deferred("t", at=LATER),
+    "TaskDelayElapsed": lambda s: tf.delay_elapsed("t", T0, at=LATER),
+    "PeriodicScheduled": lambda s: tf.event("t", tf.periodic_scheduled("t").payload, at=LATER),
+    "PeriodicCancelled": lambda s: tf.event("t", tf.periodic_cancelled("t").payload, at=LATER),
+    "PeriodicOccurrenceDue": lambda s: tf.occurrence_due("t", T0, T0 + 2_000, at=LATER),
 }
 
 
@@ -138,6 +142,13 @@ TABLE: dict[str, dict[Status | None, Expected]] = {
     "DependencyResolved": {**_same_status(), PENDING: READY},
     "DependencyWaitExpired": {**dict.fromkeys(ALL_STATUSES, STALE), AWAITED: MISSING},
     "TaskDeferred": _same_status(),
+    # a task with no delay (as every one here) takes a late TaskDelayElapsed as a no-op
+    "TaskDelayElapsed": _same_status(),
+    # a task id is no periodic definition (those are keyed periodic:<name>; see
+    # test_fold_schedule.py): defining one is refused, and removing or firing one is unknown
+    "PeriodicScheduled": dict.fromkeys(ALL_STATUSES, RejectionCode.INVALID_ID),
+    "PeriodicCancelled": dict.fromkeys(ALL_STATUSES, UNKNOWN),
+    "PeriodicOccurrenceDue": dict.fromkeys(ALL_STATUSES, UNKNOWN),
 }
 
 CASES = [
@@ -527,12 +538,13 @@ def test_cancel_ends_an_active_task_and_tells_its_dependents(status: Status) -> 
 @pytest.mark.parametrize("kind", sorted(PROBES))
 def test_terminal_task_never_changes_its_outcome(status: Status, kind: str) -> None:
     """Every event is refused, except the signals that must still be answered or that lost a
-    race (a dispatch, a deferral, a dependency's registration or late answer): those are
-    accepted but leave status, result, error and history as they were."""
+    race (a dispatch, a deferral, a dependency's registration or late answer, a delay's late
+    timer): those are accepted but leave status, result, error and history as they were."""
     state = tf.state_in(status)
     assert state is not None
     outcome = apply(state, PROBES[kind](state))
-    if kind not in ("TaskDispatched", "TaskDeferred", "DependencyRegistered", "DependencyResolved"):
+    late = ("TaskDispatched", "TaskDeferred", "DependencyRegistered", "DependencyResolved")
+    if kind not in (*late, "TaskDelayElapsed"):
         assert outcome.is_rejected
         assert outcome.state == state
         return
