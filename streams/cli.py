@@ -21,6 +21,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from streams import schedule_commands
 from streams.config import load_settings
 from streams.errors import ConfigurationError, OrchestratorError, ValidationError
 
@@ -125,7 +126,13 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--depends-on", action="append", default=[], metavar="TASK_ID")
     submit.add_argument("--priority", type=int, default=5, help="1 (most urgent) to 10")
     submit.add_argument("--task-id", default=None)
+    submit.add_argument(
+        "--not-before",
+        metavar="TIME",
+        help="not ready before this ISO-8601 time with a time zone (Z or +02:00)",
+    )
     submit.set_defaults(handler=_submit)
+    schedule_commands.add_commands(commands, _common_options, _overrides)
 
     show = commands.add_parser("status", help="print a task's status as JSON")
     _common_options(show)
@@ -281,10 +288,15 @@ def _submit(args: argparse.Namespace) -> int:
     }
     tm = TaskManager(_overrides(args))
     tm._new_task(**task, timeout=None, max_retries=None, retry_delay=None)  # before connecting
+    not_before = (
+        None
+        if args.not_before is None
+        else schedule_commands.instant(args.not_before, "--not-before")
+    )
 
     async def submit() -> str:
         async with tm:
-            return await tm.create_task(**task)
+            return await tm.create_task(**task, not_before=not_before)
 
     print(asyncio.run(submit()))
     return 0
