@@ -245,7 +245,8 @@ class PeriodicOccurrenceDue:
     Attributes:
         next_due_ms: the occurrence after this one, computed by the writer.
         skipped: occurrences between the one due before and this one that were not created
-            (the worker was down: only the latest missed occurrence is created).
+            (the worker was down: only the latest missed occurrence is created). The fold
+            counts an ``every`` schedule's skips itself, from the state the event meets.
     """
 
     occurrence_ms: int

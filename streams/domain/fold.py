@@ -589,12 +589,16 @@ def _on_occurrence_due(state: TaskState | None, event: Event, p: PeriodicOccurre
         dependency_wait_ms=definition.policy.dependency_wait_ms,
         max_rate_limited=definition.policy.max_rate_limited,
     )
+    # an every schedule's skips are counted here, from the state the event meets: the timer
+    # that computed them may have met an older state (a due event of the worker before it
+    # still in the log); a cron schedule's are the writer's, which the core cannot count
+    skipped = every.count_between(due, p.occurrence_ms) if every is not None else p.skipped
     spec = replace(
         spec,
         next_due_ms=p.next_due_ms,
         last_occurrence_ms=p.occurrence_ms,
         occurrences=spec.occurrences + 1,
-        skipped=spec.skipped + p.skipped,
+        skipped=spec.skipped + skipped,
     )
     task_id = occurrence_id(name_of(definition.task_id), p.occurrence_ms)
     return evolve(definition, periodic=spec), (_follow_up(event, task_id, created),)

@@ -351,3 +351,16 @@ def test_readiness_of_an_occurrence_is_scheduled_for_its_platform() -> None:
     created = tf.only_follow_up(tf.accept(definition, due_event(definition, T0 + 2_000)))  # type: ignore[arg-type]
     (ready,) = [e for e in apply(None, created).effects if isinstance(e, ReadyToSchedule)]
     assert (ready.platform, ready.task_type) == ("twitter", "feed_scan")
+
+
+def test_skips_of_an_every_schedule_are_counted_from_the_state_not_the_timer() -> None:
+    """A restarted worker's timer may count an occurrence whose due event (written by the
+    worker before it) is still ahead of it in the log: the fold counts what it skips."""
+    definition = _defined()
+    old_timer = due_event(definition, T0 + 2_100)  # +2 s, written just before a crash
+    new_timer = due_event(definition, T0 + 6_100)  # +6 s, counting +2 and +4 as skipped
+    assert old_timer is not None and new_timer is not None
+    assert new_timer.payload.skipped == 2  # type: ignore[union-attr]
+    state = tf.play(old_timer, new_timer, state=definition)
+    assert state.periodic is not None
+    assert (state.periodic.occurrences, state.periodic.skipped) == (2, 1)  # +4 s alone
