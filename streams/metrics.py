@@ -152,8 +152,9 @@ class Metrics:
         self.healthy.set(1)
 
     def observe_fold(self, before: TaskState | None, event: Event, after: TaskState | None) -> None:
-        """Count what an accepted event did to a task."""
-        if after is None or after is before:
+        """Count what an accepted event did to a task (a periodic definition is no task: its
+        occurrences are counted as the tasks they create)."""
+        if after is None or after is before or after.periodic is not None:
             return
         labels = (after.platform, after.task_type)
         old = before.status if before is not None else None

@@ -364,3 +364,21 @@ def test_skips_of_an_every_schedule_are_counted_from_the_state_not_the_timer() -
     state = tf.play(old_timer, new_timer, state=definition)
     assert state.periodic is not None
     assert (state.periodic.occurrences, state.periodic.skipped) == (2, 1)  # +4 s alone
+
+
+def test_a_definition_is_not_counted_as_a_task_by_the_platform_view() -> None:
+    """Its occurrences are the tasks; the definition and its removal are no outcome."""
+    from projections.log import feed
+    from projections.platforms import PlatformStatsView
+    from tests.unit.test_projections import log_of
+
+    definition = tf.periodic_scheduled("scan", at=T0)
+    state = tf.play(definition)
+    occurrence = tf.only_follow_up(tf.accept(state, due_event(state, T0 + 2_000)))  # type: ignore[arg-type]
+    due = due_event(state, T0 + 2_000)
+    stats = PlatformStatsView()
+    feed(log_of(definition, due, occurrence, tf.periodic_cancelled("scan", at=T0 + 3_000)), [stats])  # type: ignore[arg-type]
+    twitter = stats.to_json()["platforms"]["twitter"]
+    assert twitter["tasks"] == 1
+    assert twitter["outcomes"]["cancelled"] == 0
+    assert twitter["statuses"] == {"ready": 1}
