@@ -115,8 +115,8 @@ class PlatformStatsView:
     def observe(self, step: Step) -> None:
         """Count what the record did to its task."""
         state = step.after or step.before
-        if state is None or not state.platform:
-            return
+        if state is None or not state.platform or state.periodic is not None:
+            return  # (a periodic definition is no task: its occurrences are counted as tasks)
         tally = self._tallies.get(state.platform)
         if tally is None:
             tally = self._tallies[state.platform] = PlatformTally()

@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from streams import schedule_commands
 from streams.config import load_settings, read_config_file
 from streams.domain.config_events import ANY, POLICY_KEYS, RATE_LIMITS
 from streams.errors import (
@@ -131,7 +132,13 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--depends-on", action="append", default=[], metavar="TASK_ID")
     submit.add_argument("--priority", type=int, default=5, help="1 (most urgent) to 10")
     submit.add_argument("--task-id", default=None)
+    submit.add_argument(
+        "--not-before",
+        metavar="TIME",
+        help="not ready before this ISO-8601 time with a time zone (Z or +02:00)",
+    )
     submit.set_defaults(handler=_submit)
+    schedule_commands.add_commands(commands, _common_options, _overrides)
 
     _task_commands(commands)
 
@@ -356,13 +363,18 @@ def _submit(args: argparse.Namespace) -> int:
     }
     tm = TaskManager(_overrides(args))
     tm._new_task(**task, timeout=None, max_retries=None, retry_delay=None)  # before connecting
+    not_before = (
+        None
+        if args.not_before is None
+        else schedule_commands.instant(args.not_before, "--not-before")
+    )
 
     async def submit() -> str:
         async with tm:
             if args.task_id is not None:
                 await _refuse_existing(tm, args.task_id)
             try:
-                return await tm.create_task(**task)
+                return await tm.create_task(**task, not_before=not_before)
             except DuplicateTaskError as exc:
                 raise DuplicateTaskError("submit", exc.reason, _exists(args.task_id)) from exc
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import time
 import urllib.parse
@@ -26,6 +27,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, overload
 
@@ -35,11 +37,14 @@ from aiokafka.errors import KafkaError
 
 from schemas import encode_event
 from schemas.records import encode_signal
+from streams import schedules
 from streams.config import Settings, load_settings, policy_keys_given, setting_value
 from streams.config_log import ConfigFollower
 from streams.domain import (
     Event,
     Payload,
+    PeriodicCancelled,
+    PeriodicScheduled,
     Source,
     TaskCancelled,
     TaskCompleted,
@@ -63,7 +68,10 @@ from streams.domain.bounds import (
     result_problem,
     target_problem,
 )
+from streams.domain.config_events import ConfigTable
 from streams.domain.events import MAX_RATE_LIMITED
+from streams.domain.periodic import definition_id
+from streams.domain.periodic import name_problem as periodic_name_problem
 from streams.domain.signals import PlatformPaused, SchedulerSignal
 from streams.errors import (
     REJECTION_ERRORS,
@@ -221,6 +229,7 @@ class TaskManager:
         retry_delay: float | None = None,
         max_rate_limited: int | None = None,
         confirm: bool = True,
+        not_before: datetime | None = None,
     ) -> str:
         """Submit a task; return its id.
 
@@ -236,9 +245,13 @@ class TaskManager:
             max_retries, retry_delay: override the configured retry policy for this task.
             max_rate_limited: "rate limited" answers in a row after which the task fails,
                 1 to 1000 (default: the ``max_rate_limited`` setting, 10).
+            not_before: a timezone-aware ``datetime`` (Celery's ``eta``): the task is not
+                ready, so not dispatched, before it (``pending``, ``waiting_on`` saying "not
+                before ..."; with dependencies, it waits for both). A time in the past means
+                now; at most 366 days ahead.
 
         Raises:
-            ValidationError: bad arguments; nothing was written.
+            ValidationError: bad arguments (a naive ``not_before`` too); nothing was written.
             RequestTimeoutError: Kafka did not acknowledge the event within ``request_timeout``.
         """
         arguments = (
@@ -254,11 +267,147 @@ class TaskManager:
             max_rate_limited,
         )
         self._new_task(*arguments)  # bad arguments are refused before anything is read
+        delay_ms = schedules.not_before_ms(not_before, int(time.time() * _MS))
         defaults = await self._policy_defaults(platform, task_type)
         task_id, payload = self._new_task(*arguments, defaults=defaults)
+        if delay_ms:
+            payload = dataclasses.replace(payload, not_before_ms=delay_ms)
         event_id = derived_event_id(task_id, "created")
         await self._write("create_task", task_id, payload, event_id, confirm=confirm)
         return task_id
+
+    # -- periodic definitions ---------------------------------------------------------------
+
+    async def schedule_periodic(
+        self,
+        name: str,
+        *,
+        task_type: str,
+        platform: str,
+        target: str,
+        every: timedelta | float | None = None,
+        cron: str | None = None,
+        start_at: datetime | None = None,
+        priority: int = 5,
+        timeout: float | None = None,  # noqa: ASYNC109 - the task's timeout, as in create_task
+        max_retries: int | None = None,
+        retry_delay: float | None = None,
+        confirm: bool = True,
+    ) -> str:
+        """Define (or change) the periodic definition ``name``; return its key,
+        ``periodic:<name>``.
+
+        Each occurrence creates, exactly once, the task ``<name>@<occurrence in UTC
+        ISO-8601>`` (e.g. ``scan@2026-01-01T00:05:00Z``) of ``task_type`` on ``platform``
+        with ``target``, and the policy this client resolves now. Occurrences missed while no
+        worker held the definition's partition are not made up: only the latest is created.
+
+        Args:
+            name: 1 to 100 characters of ``A-Z a-z 0-9 . _ : = + ~ -``.
+            every: the interval (``timedelta`` or seconds, 1 s to 366 days); occurrences at
+                ``start_at + k * every``.
+            cron: instead of ``every``, a five-field cron expression read in UTC.
+            start_at: a timezone-aware ``datetime``: no occurrence before it (default: one
+                interval from now for ``every``, now for ``cron``).
+            task_type, platform, target, priority, timeout, max_retries, retry_delay: as in
+                :meth:`create_task`, for every occurrence.
+
+        Raises:
+            ValidationError: bad arguments (both or neither of ``every`` and ``cron``, an
+                interval under 1 s, a bad cron expression, a naive ``start_at``, a target
+                over 16 KiB, ...); nothing was written.
+            DuplicateTaskError: ``periodic:<name>`` is the id of an ordinary task.
+        """
+        key, payload = self._new_periodic(
+            name,
+            task_type=task_type,
+            platform=platform,
+            target=target,
+            every=every,
+            cron=cron,
+            start_at=start_at,
+            priority=priority,
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_delay=retry_delay,
+        )
+        await self._write("schedule_periodic", key, payload, confirm=confirm)
+        return key
+
+    def _new_periodic(
+        self,
+        name: str,
+        *,
+        task_type: str,
+        platform: str,
+        target: str,
+        every: object = None,
+        cron: object = None,
+        start_at: object = None,
+        priority: int = 5,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        retry_delay: float | None = None,
+    ) -> tuple[str, PeriodicScheduled]:
+        """The key and ``PeriodicScheduled`` of a definition, validated (see
+        :meth:`schedule_periodic`); nothing is written."""
+        _, template = self._new_task(
+            task_type, platform, target, (), priority, timeout, None, max_retries, retry_delay
+        )
+        now_ms = int(time.time() * _MS)
+        payload = schedules.periodic_scheduled(name, template, every, cron, start_at, now_ms)
+        return definition_id(name), payload
+
+    async def cancel_periodic(
+        self, name: str, reason: str = "removed by user", confirm: bool = True
+    ) -> None:
+        """Remove the periodic definition ``name``: no occurrence after this (the tasks it
+        created are left as they are; cancel them with :meth:`cancel_task`).
+
+        Raises:
+            ValidationError: a bad name.
+            UnknownTaskError: there is no such definition.
+            IllegalTransitionError: it was removed already.
+        """
+        problem = periodic_name_problem(name)
+        if problem is not None:
+            raise ValidationError(problem)
+        _require_text("reason", reason)
+        payload = PeriodicCancelled(cut_reason(reason))
+        await self._write("cancel_periodic", definition_id(name), payload, confirm=confirm)
+
+    async def get_periodic(self, name: str) -> dict[str, Any]:
+        """The status document of the definition ``name`` (``status`` ``periodic`` while
+        active, ``cancelled`` once removed; ``periodic`` holds the schedule, the next
+        occurrence, the occurrences created and skipped).
+
+        Raises:
+            TaskNotFoundError: no such definition.
+        """
+        problem = periodic_name_problem(name)
+        if problem is not None:
+            raise ValidationError(problem)
+        return await self.get_task_status(definition_id(name))
+
+    async def list_periodic(self) -> list[dict[str, Any]]:
+        """Every periodic definition, active and removed, sorted by name (each worker is asked
+        for those of its partitions: a worker rebalancing makes this raise; ask again).
+
+        Raises:
+            InfrastructureError: a worker did not answer, or answered with an error.
+        """
+        if self._http is None:
+            raise OrchestratorError("TaskManager is not started: use 'async with TaskManager(...)'")
+        url = self.settings.api_url
+        async with _deadline(
+            self.settings, "list_periodic", f"the workers at {url} did not answer"
+        ):
+            try:
+                return await schedules.list_definitions(
+                    self._http, url, self.settings.topics.events
+                )
+            except (aiohttp.ClientError, ValueError) as exc:
+                raise InfrastructureError(f"list_periodic: {exc}", retriable=True) from exc
 
     def _new_task(
         self,
@@ -334,7 +483,9 @@ class TaskManager:
     async def _policy_defaults(self, platform: str, task_type: str) -> dict[str, Any]:
         """The policy defaults ``orchestrator.config`` sets for a new task of ``task_type`` on
         ``platform``, except those this client sets itself (its config, ``ORCHESTRATOR_*``)."""
-        table = await self._config.refresh()
+        return self._defaults_in(await self._config.refresh(), platform, task_type)
+
+    def _defaults_in(self, table: ConfigTable, platform: str, task_type: str) -> dict[str, Any]:
         defaults = {}
         for name, value in table.policy(platform, task_type).items():
             if name in self._given:
@@ -462,7 +613,7 @@ class TaskManager:
                 ``errors`` names them, the others were created.
             RequestTimeoutError: the batch took longer than ``request_timeout``.
         """
-        tasks = self._new_tasks(specs)
+        tasks = self._new_tasks(specs, await self._config.refresh())
         if not tasks:
             return []
         if self._producer is None:
@@ -507,8 +658,11 @@ class TaskManager:
                     raise BatchWriteError("create_tasks", task_ids, errors)
         return task_ids
 
-    def _new_tasks(self, specs: Iterable[Mapping[str, Any]]) -> list[tuple[str, TaskCreated]]:
-        """The id and ``TaskCreated`` of each spec of :meth:`create_tasks`, validated."""
+    def _new_tasks(
+        self, specs: Iterable[Mapping[str, Any]], table: ConfigTable | None = None
+    ) -> list[tuple[str, TaskCreated]]:
+        """The id and ``TaskCreated`` of each spec of :meth:`create_tasks`, validated, with
+        the policy defaults in force in ``table``."""
         if isinstance(specs, Mapping | str | bytes) or not isinstance(specs, Iterable):
             raise ValidationError("specs must be a list of mappings of create_task's arguments")
         tasks: list[tuple[str, TaskCreated]] = []
@@ -524,7 +678,13 @@ class TaskManager:
                 problem = f"unknown keys {unknown}" if unknown else f"missing keys {missing}"
                 raise ValidationError(f"specs[{index}]: {problem}")
             try:
-                task_id, payload = self._new_task(**{**_SPEC_DEFAULTS, **spec})
+                arguments = {**_SPEC_DEFAULTS, **spec}
+                self._new_task(**arguments)  # refused as the spec says, before any default
+                if table is not None:
+                    arguments["defaults"] = self._defaults_in(
+                        table, arguments["platform"], arguments["task_type"]
+                    )
+                task_id, payload = self._new_task(**arguments)
             except ValidationError as exc:
                 raise ValidationError(f"specs[{index}]: {exc}") from exc
             if task_id in seen:

@@ -155,13 +155,14 @@ class Metrics:
         self.healthy.set(1)
 
     def observe_fold(self, before: TaskState | None, event: Event, after: TaskState | None) -> None:
-        """Count what an accepted event did to a task.
+        """Count what an accepted event did to a task (a periodic definition is no task: its
+        occurrences are counted as the tasks they create).
 
         Counts are kept aside and added to the counters by :meth:`flush_fold`, once per fetched
         batch: a counter's ``inc`` takes a lock, and most events of a batch count the same few
         things. Histograms observe each value at once (every value lands in its own bucket).
         """
-        if after is None or after is before:
+        if after is None or after is before or after.periodic is not None:
             return
         labels = (after.platform, after.task_type)
         old = before.status if before is not None else None

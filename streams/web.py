@@ -29,6 +29,8 @@ Routes:
     GET /state                   every task of the partitions this worker owns, in full, with
                                  the log offsets the table reflects (``orchestrator verify``
                                  compares it with a fold of the log up to those offsets)
+    GET /periodic                the periodic definitions of the partitions this worker
+                                 owns (``TaskManager.list_periodic`` asks every worker)
     GET /router/topics           faust's own: which worker owns which partitions
 """
 
@@ -51,7 +53,8 @@ from streams.agents.scheduler import SchedulerService
 from streams.app import Runtime
 from streams.domain import Status, TaskState, state_to_dict
 from streams.domain.bounds import id_problem
-from streams.domain.state import waiting_on
+from streams.domain.periodic import DEFINITION_PREFIX, name_of
+from streams.domain.state import utc_iso, waiting_on
 from streams.errors import ValidationError
 from streams.state_codec import decode_state
 
@@ -64,6 +67,7 @@ def register(runtime: Runtime, fold: FoldService, scheduler: SchedulerService) -
     app = runtime.app
     register_state_view(runtime, fold)
     register_list_view(runtime, fold)
+    register_periodic_view(runtime, fold)
     register_limits_view(runtime, scheduler)
     register_metrics_view(runtime, fold)
     register_health_view(runtime, fold, scheduler)
@@ -294,6 +298,28 @@ ASK_TIMEOUT_S = 10.0
 """How long a worker listing tasks waits for each other worker's page."""
 
 
+def register_periodic_view(runtime: Runtime, fold: FoldService) -> None:
+    """Add ``GET /periodic``: the periodic definitions (active and removed) in the partitions
+    this worker folds, each as its status document with its ``name``. It walks the table's
+    keys (only definitions are decoded): an operator's call, not one for a hot path."""
+    app = runtime.app
+    prefix = DEFINITION_PREFIX.encode("utf-8")
+
+    @app.page("/periodic")
+    async def periodic_definitions(self: View, request: Request) -> Response:
+        if not fold.ready:
+            return _not_ready(self)
+        now_ms = _now_ms()
+        definitions = []
+        for key, value in runtime.tasks.items():
+            if key.startswith(prefix):
+                document = status_document(decode_state(value), now_ms)
+                document["name"] = name_of(key.decode("utf-8"))
+                definitions.append(document)
+        definitions.sort(key=lambda d: str(d["name"]))
+        return self.json({"definitions": definitions})
+
+
 def _not_ready(view: View) -> Response:
     detail = "the worker is rebalancing or restoring its tables; ask again"
     return view.json({"error": "not_ready", "detail": detail}, status=503)
@@ -310,6 +336,8 @@ def status_document(state: TaskState, now_ms: int) -> dict[str, Any]:
         state.status is Status.COMPLETED and expires_at_ms is not None and now_ms >= expires_at_ms
     )
     document["waiting_on"] = waiting_on(state)
+    if state.not_before_ms is not None:
+        document["not_before"] = utc_iso(state.not_before_ms)
     return document
 
 

@@ -10,16 +10,24 @@ derived from the deadline, so a repeated write is applied once by the fold.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from schemas import encode_event
 from streams.agents.transactional import AssignedPartitions
 from streams.app import Runtime
+from streams.cron import recurrence_of
 from streams.domain.timers import due_event, next_deadline
 from streams.state_codec import decode_state
 
+log = logging.getLogger(__name__)
+
 RETRY_AFTER_MS = 5_000
 """If the state has not moved this long after a timer event was written, write it again."""
+
+UNRUNNABLE_RETRY_MS = 60_000
+"""How long a task whose deadline passed but whose event cannot be computed waits to be
+looked at again (it is logged each time)."""
 
 
 def register(runtime: Runtime, fold: AssignedPartitions) -> None:
@@ -43,7 +51,11 @@ class _Timer:
             return  # the index is rebuilt when the fold has opened its partitions
         now_ms = int(time.time() * 1000)
         for task_id in self._runtime.deadlines.pop_due(now_ms):
-            await self._check(task_id, now_ms)
+            try:
+                await self._check(task_id, now_ms)
+            except Exception:  # one task's trouble must not stop the others' deadlines
+                log.exception("timer: cannot check %s; trying again later", task_id[:200])
+                self._runtime.deadlines.track(task_id, now_ms + RETRY_AFTER_MS)
 
     async def _check(self, task_id: str, now_ms: int) -> None:
         key = task_id.encode("utf-8")
@@ -54,9 +66,14 @@ class _Timer:
             return
         state = decode_state(stored)
         retention_ms = self._runtime.settings.task_retention_ms
-        event = due_event(state, now_ms, retention_ms)
+        event = due_event(state, now_ms, retention_ms, recurrence_of)
         if event is None:
-            self._runtime.deadlines.track(task_id, next_deadline(state, retention_ms))
+            deadline = next_deadline(state, retention_ms)
+            if deadline is not None and deadline <= now_ms:
+                # past its deadline and still nothing to write: a schedule this worker cannot
+                # compute (a cron expression that does not parse); look again much later
+                deadline = now_ms + UNRUNNABLE_RETRY_MS
+            self._runtime.deadlines.track(task_id, deadline)
             return
         await self._runtime.producer.send(
             self._runtime.settings.topics.events, key, encode_event(event)

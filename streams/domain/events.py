@@ -57,6 +57,9 @@ class TaskCreated:
         max_rate_limited: "rate limited" answers in a row (``TaskFailed.throttled_ms > 0``)
             after which the task fails, 1 to :data:`MAX_RATE_LIMITED` (events written before
             the field existed decode with the default, 10).
+        not_before_ms: the task is not ready before this time (Unix ms; Celery's ``eta``);
+            0, or a time not after the event's own, means no delay (events written before the
+            field existed decode with 0).
     """
 
     task_type: str
@@ -70,6 +73,7 @@ class TaskCreated:
     result_ttl_ms: int
     dependency_wait_ms: int
     max_rate_limited: int = 10
+    not_before_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -208,6 +212,72 @@ class DependencyWaitExpired:
     """A timer found that a task others wait for was never created within their wait bound."""
 
 
+@dataclass(frozen=True)
+class TaskDelayElapsed:
+    """A timer found the task's ``not_before_ms`` passed: its delay no longer holds it."""
+
+    not_before_ms: int
+
+
+@dataclass(frozen=True)
+class PeriodicScheduled:
+    """A periodic definition was made or changed: keyed by ``periodic:<name>``.
+
+    Each occurrence creates the task ``<name>@<occurrence in UTC ISO-8601>`` with this
+    template (the fields a ``TaskCreated`` has, but dependencies and delay).
+
+    Attributes:
+        every_ms: the interval of an ``every`` schedule (0 for a cron schedule); occurrences
+            are ``start_ms + k * every_ms``.
+        cron: the cron expression (UTC) of a cron schedule ("" for an ``every`` schedule).
+        start_ms: no occurrence before this time.
+        first_due_ms: a cron schedule's first occurrence at or after the definition, computed
+            by its writer (the core has no cron); ignored for ``every`` (the fold computes it).
+    """
+
+    task_type: str
+    platform: str
+    target: str
+    priority: int
+    timeout_ms: int
+    max_attempts: int
+    retry_delay_ms: int
+    result_ttl_ms: int
+    dependency_wait_ms: int
+    max_rate_limited: int
+    every_ms: int
+    cron: str
+    start_ms: int
+    first_due_ms: int
+
+
+@dataclass(frozen=True)
+class PeriodicCancelled:
+    """A periodic definition was removed: no occurrence after this event."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class PeriodicOccurrenceDue:
+    """A timer found the definition's occurrence at ``occurrence_ms`` due.
+
+    The fold creates that occurrence's task (a ``TaskCreated`` follow-up with an id derived
+    from this event's, whose own id is derived from the definition and the occurrence): the
+    same occurrence written twice creates one task.
+
+    Attributes:
+        next_due_ms: the occurrence after this one, computed by the writer.
+        skipped: occurrences between the one due before and this one that were not created
+            (the worker was down: only the latest missed occurrence is created). The fold
+            counts an ``every`` schedule's skips itself, from the state the event meets.
+    """
+
+    occurrence_ms: int
+    next_due_ms: int
+    skipped: int = 0
+
+
 Payload = (
     TaskCreated
     | TaskDispatched
@@ -226,6 +296,10 @@ Payload = (
     | TaskResultExpired
     | TaskRetired
     | TaskRetryRequested
+    | TaskDelayElapsed
+    | PeriodicScheduled
+    | PeriodicCancelled
+    | PeriodicOccurrenceDue
 )
 
 PAYLOAD_TYPES: tuple[type[Payload], ...] = (
@@ -246,6 +320,10 @@ PAYLOAD_TYPES: tuple[type[Payload], ...] = (
     TaskResultExpired,
     TaskRetired,
     TaskRetryRequested,
+    TaskDelayElapsed,
+    PeriodicScheduled,
+    PeriodicCancelled,
+    PeriodicOccurrenceDue,
 )
 
 

@@ -46,11 +46,15 @@ from streams.domain.events import (
     DependencyWaitExpired,
     Event,
     Payload,
+    PeriodicCancelled,
+    PeriodicOccurrenceDue,
+    PeriodicScheduled,
     Source,
     TaskCancelled,
     TaskCompleted,
     TaskCreated,
     TaskDeferred,
+    TaskDelayElapsed,
     TaskDispatched,
     TaskFailed,
     TaskProgress,
@@ -63,8 +67,24 @@ from streams.domain.events import (
     TaskTimedOut,
     derived_event_id,
 )
+from streams.domain.periodic import (
+    Every,
+    every_of,
+    is_definition_id,
+    name_of,
+    occurrence_id,
+    schedule_problem,
+)
+from streams.domain.periodic import name_problem as periodic_name_problem
 from streams.domain.retry import retry_delay_ms
-from streams.domain.state import Status, TaskPolicy, TaskState, Transition, evolve
+from streams.domain.state import (
+    PeriodicSpec,
+    Status,
+    TaskPolicy,
+    TaskState,
+    Transition,
+    evolve,
+)
 
 MAX_RESULT_BYTES = bounds.MAX_RESULT_BYTES
 """Largest result accepted in ``TaskCompleted`` (see ``streams.domain.bounds``)."""
@@ -222,6 +242,15 @@ def _check_bounds(event: Event) -> None:
     p = event.payload
     if isinstance(p, TaskCreated):
         _check_created(p)
+        if p.not_before_ms < 0 or p.not_before_ms - event.occurred_at_ms > bounds.MAX_POLICY_MS:
+            _refuse(
+                f"not_before_ms {p.not_before_ms} is negative or more than "
+                f"{bounds.MAX_POLICY_MS} ms after the event",
+                RejectionCode.INVALID_PAYLOAD,
+            )
+    elif isinstance(p, PeriodicScheduled):
+        _check_created(_template(p))
+        _refuse_span("every_ms", p.every_ms)
     elif isinstance(p, TaskCompleted):
         _refuse(bounds.result_problem(len(p.result)), RejectionCode.RESULT_TOO_LARGE)
         if len(p.content_type) > bounds.MAX_CONTENT_TYPE_CHARS:
@@ -314,11 +343,15 @@ def _on_created(state: TaskState | None, event: Event, p: TaskCreated) -> _Resul
         created_at_ms=event.occurred_at_ms,
         seen_event_ids=state.seen_event_ids if state is not None else (),
     )
+    if p.not_before_ms > event.occurred_at_ms:  # a time not in the future is no delay
+        task = evolve(task, not_before_ms=p.not_before_ms, is_delayed=True)
     if event.task_id in dependencies:
         return _finish_failed(task, event, "task depends on itself")
     cycle = sorted(set(dependencies) & set(task.waiting))
     if cycle:
         return _finish_failed(task, event, f"dependency cycle through {', '.join(cycle)}")
+    if not dependencies and task.is_delayed:
+        return _enter(task, Status.PENDING, event), ()
     if not dependencies:
         return _become_ready(task, event)
     task = _enter(
@@ -365,6 +398,8 @@ def _on_registered(state: TaskState | None, event: Event, p: DependencyRegistere
         return state, (_answer(event, p.dependent_id, DependencyOutcome.REFUSED),)
     if state is None or state.status is Status.AWAITED:
         return _await(state, event, p), ()
+    if state.status is Status.PERIODIC:  # a definition is no task: nothing can wait for it
+        return state, (_answer(event, p.dependent_id, DependencyOutcome.REFUSED),)
     if state.status is Status.MISSING:  # its dependents were dropped when it was declared missing
         return state, (_late_answer(state, event, p.dependent_id),)
     if state.status.is_terminal and len(state.dependents) >= bounds.MAX_DEPENDENTS:
@@ -432,7 +467,157 @@ def _on_resolved(state: TaskState | None, event: Event, p: DependencyResolved) -
         return _finish(task, event, Status.CANCELLED, reason, DependencyOutcome.CANCELLED)
     remaining = tuple(d for d in task.open_dependencies if d != p.dependency_id)
     task = evolve(task, open_dependencies=remaining)
-    return _become_ready(task, event) if not remaining else (task, ())
+    return _become_ready_unless_delayed(task, event) if not remaining else (task, ())
+
+
+# -- delays (``TaskCreated.not_before_ms``) ------------------------------------------------
+
+
+def _become_ready_unless_delayed(task: TaskState, event: Event) -> _Result:
+    """A pending task whose last dependency was met: ready now, unless its delay still holds it
+    (then it stays ``pending`` until its timer's ``TaskDelayElapsed``; an event at or after
+    the delay is that moment itself)."""
+    if task.is_delayed and task.not_before_ms is not None:
+        if event.occurred_at_ms < task.not_before_ms:
+            return task, ()
+        task = evolve(task, is_delayed=False)
+    return _become_ready(task, event)
+
+
+def _on_delay_elapsed(state: TaskState | None, event: Event, p: TaskDelayElapsed) -> _Result:
+    task = _require_created(state, event)
+    if task.status is not Status.PENDING or not task.is_delayed:
+        return task, ()  # a late copy: the delay was already over
+    if p.not_before_ms != task.not_before_ms:
+        raise _Refusal(RejectionCode.STALE, f"the task's delay is not {p.not_before_ms}")
+    if task.not_before_ms is None or event.occurred_at_ms < task.not_before_ms:
+        raise _Refusal(RejectionCode.STALE, "the task's delay has not passed yet")
+    task = evolve(task, is_delayed=False)
+    return _become_ready(task, event) if not task.open_dependencies else (task, ())
+
+
+# -- periodic definitions (``streams.domain.periodic``) ------------------------------------
+
+
+def _template(p: PeriodicScheduled) -> TaskCreated:
+    """The ``TaskCreated`` of an occurrence of the definition ``p``."""
+    return TaskCreated(
+        task_type=p.task_type,
+        platform=p.platform,
+        target=p.target,
+        priority=p.priority,
+        dependencies=(),
+        timeout_ms=p.timeout_ms,
+        max_attempts=p.max_attempts,
+        retry_delay_ms=p.retry_delay_ms,
+        result_ttl_ms=p.result_ttl_ms,
+        dependency_wait_ms=p.dependency_wait_ms,
+        max_rate_limited=p.max_rate_limited,
+    )
+
+
+def _on_periodic_scheduled(state: TaskState | None, event: Event, p: PeriodicScheduled) -> _Result:
+    if not is_definition_id(event.task_id):
+        raise _Refusal(RejectionCode.INVALID_ID, "a periodic definition's key starts 'periodic:'")
+    _refuse_id(periodic_name_problem(name_of(event.task_id)))
+    if state is not None and state.periodic is None:
+        raise _Refusal(RejectionCode.DUPLICATE_TASK, f"{event.task_id} is a task, not a definition")
+    _validate_created(_template(p))
+    _refuse(schedule_problem(p.every_ms, p.cron), RejectionCode.INVALID_PAYLOAD)
+    if p.start_ms < 0 or (p.cron and p.first_due_ms < max(p.start_ms, 1)):
+        raise _Refusal(RejectionCode.INVALID_PAYLOAD, "start_ms or first_due_ms out of range")
+    before = state.periodic if state is not None else None
+    last = before.last_occurrence_ms if before is not None else None
+    after = max(event.occurred_at_ms, -1 if last is None else last + 1)
+    first = Every(p.start_ms, p.every_ms).first_at_or_after(after) if p.every_ms else p.first_due_ms
+    spec = PeriodicSpec(
+        every_ms=p.every_ms,
+        cron=p.cron,
+        start_ms=p.start_ms,
+        next_due_ms=first,
+        last_occurrence_ms=last,
+        occurrences=before.occurrences if before is not None else 0,
+        skipped=before.skipped if before is not None else 0,
+    )
+    base = state if state is not None else TaskState(event.task_id, Status.PERIODIC)
+    definition = evolve(
+        base,
+        task_type=p.task_type,
+        platform=p.platform,
+        target=p.target,
+        priority=p.priority,
+        policy=TaskPolicy(
+            timeout_ms=p.timeout_ms,
+            max_attempts=p.max_attempts,
+            retry_delay_ms=p.retry_delay_ms,
+            result_ttl_ms=p.result_ttl_ms,
+            dependency_wait_ms=p.dependency_wait_ms,
+            max_rate_limited=p.max_rate_limited,
+        ),
+        created_at_ms=base.created_at_ms or event.occurred_at_ms,
+        last_error="",
+        periodic=spec,
+    )
+    return _enter(definition, Status.PERIODIC, event), ()
+
+
+def _on_periodic_cancelled(state: TaskState | None, event: Event, p: PeriodicCancelled) -> _Result:
+    definition = _require_definition(state, event)
+    if definition.status is not Status.PERIODIC:
+        raise _Refusal(RejectionCode.ILLEGAL_TRANSITION, "the definition is already removed")
+    spec = replace(definition.periodic or PeriodicSpec(), next_due_ms=None)
+    removed = evolve(definition, periodic=spec, last_error=bounds.cut_reason(p.reason))
+    return _enter(removed, Status.CANCELLED, event), ()
+
+
+def _on_occurrence_due(state: TaskState | None, event: Event, p: PeriodicOccurrenceDue) -> _Result:
+    definition = _require_definition(state, event)
+    spec = definition.periodic or PeriodicSpec()
+    due = spec.next_due_ms
+    if definition.status is not Status.PERIODIC or due is None or p.occurrence_ms < due:
+        return definition, ()  # removed meanwhile, or created already: a late timer's copy
+    if p.occurrence_ms > event.occurred_at_ms:
+        raise _Refusal(RejectionCode.STALE, "the occurrence is not due yet")
+    every = every_of(spec)
+    malformed = p.next_due_ms <= p.occurrence_ms or p.skipped < 0
+    off_grid = every is not None and (
+        not every.is_occurrence(p.occurrence_ms)
+        or p.next_due_ms != p.occurrence_ms + every.every_ms
+    )
+    if malformed or off_grid:
+        raise _Refusal(RejectionCode.INVALID_PAYLOAD, "the occurrence is not one of the schedule")
+    created = TaskCreated(
+        task_type=definition.task_type,
+        platform=definition.platform,
+        target=definition.target,
+        priority=definition.priority,
+        dependencies=(),
+        timeout_ms=definition.policy.timeout_ms,
+        max_attempts=definition.policy.max_attempts,
+        retry_delay_ms=definition.policy.retry_delay_ms,
+        result_ttl_ms=definition.policy.result_ttl_ms,
+        dependency_wait_ms=definition.policy.dependency_wait_ms,
+        max_rate_limited=definition.policy.max_rate_limited,
+    )
+    # an every schedule's skips are counted here, from the state the event meets: the timer
+    # that computed them may have met an older state (a due event of the worker before it
+    # still in the log); a cron schedule's are the writer's, which the core cannot count
+    skipped = every.count_between(due, p.occurrence_ms) if every is not None else p.skipped
+    spec = replace(
+        spec,
+        next_due_ms=p.next_due_ms,
+        last_occurrence_ms=p.occurrence_ms,
+        occurrences=spec.occurrences + 1,
+        skipped=spec.skipped + skipped,
+    )
+    task_id = occurrence_id(name_of(definition.task_id), p.occurrence_ms)
+    return evolve(definition, periodic=spec), (_follow_up(event, task_id, created),)
+
+
+def _require_definition(state: TaskState | None, event: Event) -> TaskState:
+    if state is None or state.periodic is None:
+        raise _Refusal(RejectionCode.UNKNOWN_TASK, f"no periodic definition {event.task_id}")
+    return state
 
 
 def _on_wait_expired(state: TaskState | None, event: Event, p: DependencyWaitExpired) -> _Result:
@@ -588,6 +773,10 @@ def _on_retry_requested(state: TaskState | None, event: Event, p: TaskRetryReque
     cancelled again if one of them has not.
     """
     task = _require(state, event, Status.FAILED, Status.CANCELLED)
+    if task.periodic is not None:
+        raise _Refusal(
+            RejectionCode.ILLEGAL_TRANSITION, "a periodic definition is no task: define it again"
+        )
     if task.attempt >= bounds.MAX_ATTEMPTS:
         raise _Refusal(
             RejectionCode.ILLEGAL_TRANSITION,
@@ -788,4 +977,8 @@ _HANDLERS: dict[type[Any], Callable[[TaskState | None, Event, Any], _Result | _E
     TaskResultExpired: _on_result_expired,
     TaskRetired: _on_retired,
     TaskRetryRequested: _on_retry_requested,
+    TaskDelayElapsed: _on_delay_elapsed,
+    PeriodicScheduled: _on_periodic_scheduled,
+    PeriodicCancelled: _on_periodic_cancelled,
+    PeriodicOccurrenceDue: _on_occurrence_due,
 }

@@ -1,7 +1,8 @@
 """Deadlines: when a task needs an event that only the passing of time can cause.
 
 Five things happen by the clock: a running attempt times out, a scheduled retry becomes due,
-an awaited dependency that was never created stops being waited for, a completed task's result
+an awaited dependency that was never created stops being waited for, a delayed task's
+``not_before`` passes, a periodic definition's next occurrence comes, a completed task's result
 expires (its ``result_ttl``), and a finished task leaves the tasks table (the worker's
 ``task_retention``, passed here as ``retention_ms``; None: never). The fold cannot notice
 them (it has no clock); a timer on the worker that owns the task asks :func:`next_deadline`
@@ -13,19 +14,27 @@ rebalance) write the same id and the fold applies it once.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 
 from streams.domain.events import (
     DependencyWaitExpired,
     Event,
     Payload,
+    PeriodicOccurrenceDue,
     Source,
+    TaskDelayElapsed,
     TaskResultExpired,
     TaskRetired,
     TaskRetryDue,
     TaskTimedOut,
     derived_event_id,
 )
-from streams.domain.state import Status, TaskState
+from streams.domain.periodic import Recurrence, due_occurrence, every_of
+from streams.domain.state import PeriodicSpec, Status, TaskState
+
+RecurrenceOf = Callable[[PeriodicSpec], Recurrence | None]
+"""How a timer finds a definition's recurrence: :func:`~streams.domain.periodic.every_of` in
+the core (``every`` only), ``streams.cron.recurrence_of`` on a worker (cron as well)."""
 
 
 def next_deadline(state: TaskState, retention_ms: int | None = None) -> int | None:
@@ -41,6 +50,10 @@ def next_deadline(state: TaskState, retention_ms: int | None = None) -> int | No
         return state.retry_due_at_ms
     if status is Status.AWAITED:
         return state.awaited_until_ms
+    if status is Status.PENDING and state.is_delayed:
+        return state.not_before_ms
+    if status is Status.PERIODIC and state.periodic is not None:
+        return state.periodic.next_due_ms
     if status is Status.COMPLETED and state.result is not None:
         return state.result_expires_at_ms()
     if retention_ms is not None and (status.is_terminal or status is Status.MISSING):
@@ -48,14 +61,27 @@ def next_deadline(state: TaskState, retention_ms: int | None = None) -> int | No
     return None
 
 
-def due_event(state: TaskState, now_ms: int, retention_ms: int | None = None) -> Event | None:
-    """The timer event the task needs at ``now_ms``, or None if nothing is due."""
+def due_event(
+    state: TaskState,
+    now_ms: int,
+    retention_ms: int | None = None,
+    recurrence_of: RecurrenceOf = every_of,
+) -> Event | None:
+    """The timer event the task needs at ``now_ms``, or None if nothing is due.
+
+    ``recurrence_of`` gives a periodic definition's recurrence (None: not known here, so
+    nothing is due: a cron definition met by the core alone).
+    """
     deadline = next_deadline(state, retention_ms)
     if deadline is None or now_ms < deadline:
         return None
+    if state.status is Status.PERIODIC and state.periodic is not None:
+        return _occurrence_event(state, state.periodic, now_ms, recurrence_of)
     payload: Payload
     status = state.status
-    if status is Status.RETRYING:
+    if status is Status.PENDING:
+        payload, kind = TaskDelayElapsed(deadline), "delay-elapsed"
+    elif status is Status.RETRYING:
         payload, kind = TaskRetryDue(state.attempt), "retry-due"
     elif status is Status.AWAITED:
         payload, kind = DependencyWaitExpired(), "wait-expired"
@@ -66,6 +92,21 @@ def due_event(state: TaskState, now_ms: int, retention_ms: int | None = None) ->
     else:
         payload, kind = TaskRetired(retention_ms or 0), "retired"
     event_id = derived_event_id(state.task_id, kind, state.attempt, deadline)
+    return Event(event_id, state.task_id, now_ms, Source.TIMER, payload)
+
+
+def _occurrence_event(
+    state: TaskState, spec: PeriodicSpec, now_ms: int, recurrence_of: RecurrenceOf
+) -> Event | None:
+    recurrence = recurrence_of(spec)
+    if recurrence is None:
+        return None
+    due = due_occurrence(spec, now_ms, recurrence)
+    if due is None:
+        return None
+    # the id names the occurrence alone: two timers that see it due write one event
+    event_id = derived_event_id(state.task_id, "occurrence-due", due.occurrence_ms)
+    payload = PeriodicOccurrenceDue(due.occurrence_ms, due.next_due_ms, due.skipped)
     return Event(event_id, state.task_id, now_ms, Source.TIMER, payload)
 
 

@@ -27,6 +27,9 @@ from streams.domain import (
     FollowUp,
     Outcome,
     Payload,
+    PeriodicCancelled,
+    PeriodicOccurrenceDue,
+    PeriodicScheduled,
     ReadyToSchedule,
     Rejected,
     Released,
@@ -36,6 +39,7 @@ from streams.domain import (
     TaskCompleted,
     TaskCreated,
     TaskDeferred,
+    TaskDelayElapsed,
     TaskDispatched,
     TaskFailed,
     TaskProgress,
@@ -213,6 +217,60 @@ def deferred(
     return event(task_id, payload, at=at, eid=eid, source=Source.SCHEDULER)
 
 
+def delay_elapsed(task_id: str, not_before_ms: int, *, at: int, eid: str | None = None) -> Event:
+    payload = TaskDelayElapsed(not_before_ms)
+    return event(task_id, payload, at=at, eid=eid, source=Source.TIMER)
+
+
+def periodic_scheduled(
+    name: str,
+    *,
+    every_ms: int = 2_000,
+    cron: str = "",
+    start_ms: int = T0,
+    first_due_ms: int = 0,
+    at: int = T0,
+    eid: str | None = None,
+    **template: Any,
+) -> Event:
+    """``PeriodicScheduled`` keyed ``periodic:<name>``; ``template`` overrides task fields."""
+    payload = PeriodicScheduled(
+        task_type="feed_scan",
+        platform="twitter",
+        target=f"feed/{name}",
+        priority=5,
+        timeout_ms=TIMEOUT_MS,
+        max_attempts=MAX_ATTEMPTS,
+        retry_delay_ms=RETRY_DELAY_MS,
+        result_ttl_ms=86_400_000,
+        dependency_wait_ms=WAIT_MS,
+        max_rate_limited=10,
+        every_ms=every_ms,
+        cron=cron,
+        start_ms=start_ms,
+        first_due_ms=first_due_ms,
+    )
+    return event(f"periodic:{name}", replace(payload, **template), at=at, eid=eid)
+
+
+def periodic_cancelled(name: str, *, at: int = T0, eid: str | None = None) -> Event:
+    return event(f"periodic:{name}", PeriodicCancelled("removed by user"), at=at, eid=eid)
+
+
+def occurrence_due(
+    definition: str,
+    occurrence_ms: int,
+    next_due_ms: int,
+    skipped: int = 0,
+    *,
+    at: int,
+    eid: str | None = None,
+) -> Event:
+    """``PeriodicOccurrenceDue`` keyed by ``definition`` (``periodic:<name>``)."""
+    payload = PeriodicOccurrenceDue(occurrence_ms, next_due_ms, skipped)
+    return event(definition, payload, at=at, eid=eid, source=Source.TIMER)
+
+
 # -- applying ---------------------------------------------------------------------------------
 
 
@@ -266,6 +324,8 @@ def state_in(status: Status | None, task_id: str = "t") -> TaskState | None:
     """
     if status is None:
         return None
+    if status is Status.PERIODIC:  # a definition: keyed periodic:<task_id>
+        return play(periodic_scheduled(task_id, at=T0))
     if status is Status.AWAITED:
         return play(registered(task_id, "d", at=T0))
     if status is Status.MISSING:

@@ -219,7 +219,15 @@ def test_a_v2_task_failed_decodes_as_not_interrupted_and_keeps_its_throttling() 
     assert isinstance(decoded.payload, TaskFailed) and decoded.payload.interrupted is False
 
 
-NEW_IN_VERSION_4 = {"TaskResultExpired", "TaskRetired", "TaskRetryRequested"}
+NEW_IN_VERSION_4 = {
+    "TaskResultExpired",
+    "TaskRetired",
+    "TaskRetryRequested",
+    "TaskDelayElapsed",
+    "PeriodicScheduled",
+    "PeriodicCancelled",
+    "PeriodicOccurrenceDue",
+}
 """The event kinds version 4 of ``task_event`` added to version 3."""
 
 

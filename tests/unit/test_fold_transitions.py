@@ -101,6 +101,10 @@ PROBES: dict[str, Callable[[TaskState | None], Event]] = {
     "TaskResultExpired": lambda s: tf.result_expired("t", at=EXPIRY),
     "TaskRetired": lambda s: tf.retired("t", 1_000, at=LATER),
     "TaskRetryRequested": lambda s: tf.retry_requested("t", at=LATER),
+    "TaskDelayElapsed": lambda s: tf.delay_elapsed("t", T0, at=LATER),
+    "PeriodicScheduled": lambda s: tf.event("t", tf.periodic_scheduled("t").payload, at=LATER),
+    "PeriodicCancelled": lambda s: tf.event("t", tf.periodic_cancelled("t").payload, at=LATER),
+    "PeriodicOccurrenceDue": lambda s: tf.occurrence_due("t", T0, T0 + 2_000, at=LATER),
 }
 
 
@@ -157,6 +161,13 @@ TABLE: dict[str, dict[Status | None, Expected]] = {
     },
     # a retry by hand: the tasks built by ``state_in`` depend on "a", which is asked anew
     "TaskRetryRequested": _row(ILLEGAL, FAILED=PENDING, CANCELLED=PENDING),
+    # a task with no delay (as every one here) takes a late TaskDelayElapsed as a no-op
+    "TaskDelayElapsed": _same_status(),
+    # a task id is no periodic definition (those are keyed periodic:<name>; see
+    # test_fold_schedule.py): defining one is refused, and removing or firing one is unknown
+    "PeriodicScheduled": dict.fromkeys(ALL_STATUSES, RejectionCode.INVALID_ID),
+    "PeriodicCancelled": dict.fromkeys(ALL_STATUSES, UNKNOWN),
+    "PeriodicOccurrenceDue": dict.fromkeys(ALL_STATUSES, UNKNOWN),
 }
 
 CASES = [
@@ -551,11 +562,12 @@ def test_cancel_ends_an_active_task_and_tells_its_dependents(status: Status) -> 
 @pytest.mark.parametrize("kind", sorted(set(PROBES) - {"TaskRetryRequested"}))
 def test_terminal_task_never_changes_its_outcome(status: Status, kind: str) -> None:
     """Every event is refused, except the signals that must still be answered or that lost a
-    race (a dispatch, a deferral, a dependency's registration or late answer): those are
-    accepted but leave status, result, error and history as they were. The clock's housekeeping
-    is the other exception: an expired result is dropped (the task stays completed), and a
-    retired task leaves the table (no state, hence no other outcome). (A user's retry of a
-    failed or cancelled task is the one way out: see the tests of retries by hand.)"""
+    race (a dispatch, a deferral, a dependency's registration or late answer, a delay's late
+    timer): those are accepted but leave status, result, error and history as they were. The
+    clock's housekeeping is the other exception: an expired result is dropped (the task stays
+    completed), and a retired task leaves the table (no state, hence no other outcome). (A
+    user's retry of a failed or cancelled task is the one way out: see the tests of retries by
+    hand.)"""
     state = tf.state_in(status)
     assert state is not None
     outcome = apply(state, PROBES[kind](state))
@@ -567,7 +579,8 @@ def test_terminal_task_never_changes_its_outcome(status: Status, kind: str) -> N
         assert expired is not None and (expired.result, expired.status) == (None, COMPLETED)
         assert expired.history == state.history
         return
-    if kind not in ("TaskDispatched", "TaskDeferred", "DependencyRegistered", "DependencyResolved"):
+    late = ("TaskDispatched", "TaskDeferred", "DependencyRegistered", "DependencyResolved")
+    if kind not in (*late, "TaskDelayElapsed"):
         assert outcome.is_rejected
         assert outcome.state == state
         return

@@ -144,18 +144,11 @@ def test_the_replay_of_the_log_placed_on_partitions_gives_the_recorded_states(
     assert {str(v): n for v, n in log.counts.items()} == recorded["verdicts"]
 
 
-NEWER_THAN_THE_LOG = frozenset({"TaskRetryRequested"})
-"""Kinds added after the log was recorded (``task_event`` schema v4; the log is written with
-v3), left out of it on purpose: the recorded answers stay the reference for every older kind,
-and the new ones have tests of their own (``test_fold_retry_by_hand``). Regenerating the log
-adds them; then empty this set."""
-
-
 def test_the_log_covers_every_kind_of_event_from_every_source(
     replayed: golden.Replayed,
 ) -> None:
     found = golden.coverage(replayed)
-    kinds = [cls.__name__ for cls in PAYLOAD_TYPES if cls.__name__ not in NEWER_THAN_THE_LOG]
+    kinds = [cls.__name__ for cls in PAYLOAD_TYPES]
     for verdict in ("applied", "duplicate", "rejected"):
         counts = found[f"kinds {verdict}"]
         missing = [kind for kind in kinds if counts.get(kind, 0) < 1]
@@ -164,4 +157,4 @@ def test_the_log_covers_every_kind_of_event_from_every_source(
     assert not missing_sources, f"no event from {', '.join(missing_sources)}"
     # and the variants, refusals, effects, statuses and endings golden.missing_coverage lists
     missing_otherwise = golden.missing_coverage(found)
-    assert [m for m in missing_otherwise if m.split()[0] not in NEWER_THAN_THE_LOG] == []
+    assert missing_otherwise == []
