@@ -54,18 +54,23 @@ from streams.domain import (
     FollowUp,
     Outcome,
     Payload,
+    PeriodicCancelled,
+    PeriodicOccurrenceDue,
+    PeriodicScheduled,
     Source,
     Status,
     TaskCancelled,
     TaskCompleted,
     TaskCreated,
     TaskDeferred,
+    TaskDelayElapsed,
     TaskDispatched,
     TaskFailed,
     TaskProgress,
     TaskResultExpired,
     TaskRetired,
     TaskRetryDue,
+    TaskRetryRequested,
     TaskRetryScheduled,
     TaskStarted,
     TaskState,
@@ -917,6 +922,78 @@ def _early_result_expiry(sim: Sim) -> None:
         sim.write(sim.event(sim.rng.choice(kept), TaskResultExpired(), Source.TIMER))
 
 
+def _retry_by_hand(sim: Sim) -> None:
+    """A user runs a failed task again (the same record twice: the second is a duplicate); a
+    retry of a running task is refused."""
+    failed = [t for t, s in sim.states.items() if s.status is Status.FAILED and s.periodic is None][
+        -50:
+    ]
+    if failed:
+        retry = sim.event(sim.rng.choice(failed), TaskRetryRequested(), Source.CLIENT)
+        sim.write(retry)
+        sim.write(retry)
+    running = [t for t, s in sim.states.items() if s.status is Status.RUNNING][:50]
+    if running:
+        sim.write(sim.event(sim.rng.choice(running), TaskRetryRequested(), Source.CLIENT))
+
+
+def _delayed(sim: Sim) -> None:
+    """A task not ready before a time (the timer makes it ready then); a timer event for it
+    before that time is refused, and the timer's event written twice is applied once."""
+    task_id = sim.new_id("delayed")
+    not_before = sim.now + sim.rng.randint(200, 3_000)
+    sim.create(task_id, not_before_ms=not_before)
+    sim.write(sim.event(task_id, TaskDelayElapsed(not_before), Source.TIMER))  # early: stale
+    sim.later(sim.rng.randint(40, 80), partial(_delay_elapses, sim, task_id))
+
+
+def _delay_elapses(sim: Sim, task_id: str) -> None:
+    state = sim.states.get(task_id)
+    if state is None:
+        return
+    event = due_event(state, sim.now)
+    if event is not None and isinstance(event.payload, TaskDelayElapsed):
+        sim.write(event)
+        sim.write(event)
+
+
+def _periodic(sim: Sim) -> None:
+    """A periodic definition every minute: defined twice (the same record), fired by the timer
+    (its tasks created by the fold), removed later (twice); defining one under a task's id,
+    removing one never made and an occurrence of it before its time are refused."""
+    name = sim.new_id("feed")
+    key = f"periodic:{name}"
+    defined = sim.event(key, _schedule(sim, 60_000), Source.CLIENT)
+    sim.write(defined)
+    sim.write(defined)
+    sim.write(sim.event(sim.rng.choice(sim.created), _schedule(sim, 60_000), Source.CLIENT))
+    sim.write(sim.event(f"periodic:never-{name}", PeriodicCancelled("gone"), Source.CLIENT))
+    early = PeriodicOccurrenceDue(sim.now + 60_000, sim.now + 120_000)
+    sim.write(sim.event(key, early, Source.TIMER))
+    if sim.rng.random() < 0.5:  # the others stay defined to the end
+        removed = sim.event(key, PeriodicCancelled("removed by user"), Source.CLIENT)
+        sim.later(sim.rng.randint(300, 900), lambda: (sim.write(removed), sim.write(removed)))
+
+
+def _schedule(sim: Sim, every_ms: int) -> PeriodicScheduled:
+    return PeriodicScheduled(
+        task_type=sim.rng.choice(TASK_TYPES),
+        platform=sim.rng.choice(PLATFORMS),
+        target="feed",
+        priority=5,
+        timeout_ms=60_000,
+        max_attempts=2,
+        retry_delay_ms=500,
+        result_ttl_ms=60_000,
+        dependency_wait_ms=3_600_000,
+        max_rate_limited=10,
+        every_ms=every_ms,
+        cron="",
+        start_ms=sim.now,
+        first_due_ms=0,
+    )
+
+
 def _junk(sim: Sim) -> None:
     sim.append(sim.rng.choice(sim.created).encode(), b"\x00junk")
 
@@ -1028,6 +1105,9 @@ CATALOGUE: tuple[tuple[Callable[[Sim], None], int], ...] = (
     (_created_by_event_of_another_kind, 3),
     (_retirement, 4),
     (_early_result_expiry, 2),
+    (_retry_by_hand, 4),
+    (_delayed, 4),
+    (_periodic, 3),
 )
 
 
