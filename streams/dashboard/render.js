@@ -1,6 +1,6 @@
 // Rendering helpers. Everything shown comes from the API and may hold user input (task ids,
 // targets, errors): it only ever enters the page as text nodes or attribute values, never as
-// markup (no innerHTML anywhere).
+// markup: nothing here parses HTML.
 
 // h("td", {class: "x", "data-testid": "y"}, "text", childNode, ...)
 export function h(tag, attrs = {}, ...children) {
