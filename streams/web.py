@@ -32,6 +32,9 @@ Routes:
     GET /periodic                the periodic definitions of the partitions this worker
                                  owns (``TaskManager.list_periodic`` asks every worker)
     GET /router/topics           faust's own: which worker owns which partitions
+
+The dashboard's page and its own JSON views (``/dashboard``, ``/platforms``, ``/fold``,
+``/dlq``, ``/tasks/{id}/timeline``) are in :mod:`streams.dashboard.views`.
 """
 
 from __future__ import annotations
