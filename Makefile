@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.installed-bench-stamp
 
-.PHONY: help run test crash lint alerts unit integration bench kafka-up kafka-status kafka-down clean
+.PHONY: help run test crash lint alerts chromium unit integration bench kafka-up kafka-status kafka-down clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -27,7 +27,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 run: $(STAMP) ## the main job: local Kafka, a worker and a demo workload
 	$(BIN)/python -m streams.demo
 
-test: lint alerts ## everything CI runs: ruff, mypy, the alert rules, unit and integration tests (the crash test too)
+test: lint alerts chromium ## everything CI runs: ruff, mypy, the alert rules, unit and integration tests (the crash test and the dashboard's browser test too)
 	$(BIN)/pytest
 
 crash: $(STAMP) ## the exactly-once crash test alone, with its counts (CRASH_TEST_ROUNDS=N: more kills)
@@ -58,6 +58,25 @@ alerts: ## check the Prometheus alert rules (deploy/prometheus) and run their un
 	fi
 	@cd deploy/prometheus && promtool check rules alerts.yml >/dev/null \
 	  && promtool check config prometheus.yml >/dev/null && promtool test rules alerts_test.yml
+
+# The dashboard's test drives Debian's chromium headless (tests/integration/test_dashboard.py);
+# installed once with apt-get when it is not on PATH, as prometheus is above (about 1 min).
+# Without it the test is skipped, saying why.
+chromium: ## install Debian's chromium for the dashboard's browser test, if it is missing
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" -eq 0 ]; then sudo=; elif sudo -n true 2>/dev/null; then \
+	    sudo="sudo -n env DEBIAN_FRONTEND=noninteractive"; \
+	  else echo "make chromium: chromium is not on PATH and installing it needs root: run" \
+	    "'apt-get install chromium' (the dashboard's browser test is skipped without it)" >&2; exit 1; fi; \
+	  if ! command -v apt-get >/dev/null 2>&1; then echo "make chromium: chromium is not on PATH" \
+	    "and there is no apt-get: install Chromium (the dashboard's browser test is skipped without it)" >&2; exit 1; fi; \
+	  echo "make chromium: chromium is not on PATH: installing Debian's chromium package (apt-get)"; \
+	  log=$$(mktemp); export DEBIAN_FRONTEND=noninteractive; \
+	  install="$$sudo apt-get install -y -qq --no-install-recommends chromium"; \
+	  $$install >$$log 2>&1 || { $$sudo apt-get update -qq >>$$log 2>&1 && $$install >>$$log 2>&1; } \
+	    || { cat $$log >&2; rm -f $$log; echo "make chromium: installing chromium failed" >&2; exit 1; }; \
+	  rm -f $$log; \
+	fi
 
 unit: $(STAMP) ## unit tests only (no broker)
 	$(BIN)/pytest tests/unit

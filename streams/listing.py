@@ -17,6 +17,7 @@ from typing import Any
 
 from streams.domain import Status, TaskState
 from streams.domain.bounds import id_problem, name_problem
+from streams.domain.state import utc_iso, waiting_on
 from streams.errors import ValidationError
 
 DEFAULT_LIMIT = 100
@@ -39,6 +40,8 @@ ITEM_FIELDS = (
     "created_at_ms",
     "updated_at_ms",
     "completed_at_ms",
+    "waiting_on",
+    "waiting_on_text",
 )
 """The fields of a listed task: a subset of ``GET /tasks/{id}`` (``max_attempts`` is its
 ``policy.max_attempts``)."""
@@ -186,7 +189,58 @@ def list_item(state: TaskState) -> dict[str, Any]:
         "created_at_ms": state.created_at_ms,
         "updated_at_ms": state.updated_at_ms,
         "completed_at_ms": state.completed_at_ms,
+        "waiting_on": (waits := waiting_on(state)),
+        "waiting_on_text": waiting_words(waits),
     }
+
+
+DEPENDENCIES_NAMED = 3
+"""Open dependencies :func:`waiting_words` names; the others are counted."""
+
+
+def waiting_words(waits: dict[str, Any] | None) -> str | None:
+    """``waiting_on`` (``streams.domain.state.waiting_on``) as one sentence for people, with
+    times in UTC (None: the task waits for nothing). Ids, errors and details are quoted as
+    they are: whoever renders the sentence escapes it."""
+    if waits is None:
+        return None
+    reason = str(waits.get("reason", ""))
+    detail = waits.get("detail") or ""
+    if reason == "not_before":
+        return f"delayed: not before {_at(waits.get('not_before_ms'))}"
+    if reason == "dependencies":
+        open_ids = [str(d) for d in waits.get("dependencies", ())]
+        named = ", ".join(open_ids[:DEPENDENCIES_NAMED])
+        more = len(open_ids) - DEPENDENCIES_NAMED
+        words = f"waiting for {len(open_ids)} dependenc{'y' if len(open_ids) == 1 else 'ies'}"
+        words += f": {named}" if open_ids else ""
+        words += f" and {more} more" if more > 0 else ""
+        if waits.get("not_before_ms"):
+            words += f", and not before {_at(waits.get('not_before_ms'))}"
+        return words
+    if reason == "periodic":
+        return f"periodic: next occurrence at {_at(waits.get('next_due_ms'))}"
+    if reason == "retry":
+        error = waits.get("last_error")
+        words = f"retry due at {_at(waits.get('due_at_ms'))}"
+        return f"{words} after: {error}" if error else words
+    until = waits.get("until_ms")
+    until_words = f" until {_at(until)}" if until else ""
+    held = {
+        "rate_limit": "held by a rate limit",
+        "concurrency": "held by the platform's concurrency cap",
+        "overall_concurrency": "held by the worker's overall concurrency cap",
+        "paused": "held: the platform is paused",
+    }
+    if reason in held:
+        return f"{held[reason]}{f' ({detail})' if detail else ''}{until_words}"
+    if reason == "scheduling":
+        return "queued: waiting for its platform's scheduler or a caller"
+    return f"{reason}{f': {detail}' if detail else ''}{until_words}"
+
+
+def _at(at_ms: Any) -> str:
+    return utc_iso(int(at_ms)) if isinstance(at_ms, int) else "an unknown time"
 
 
 SCAN_BUDGET = 10_000

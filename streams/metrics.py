@@ -225,6 +225,16 @@ class Metrics:
         if held is not None:
             self.hits.labels(platform, held).inc()
 
+    def totals(self, counter: Counter, label: str | None = None) -> dict[str, float]:
+        """A counter's values now, by the value of ``label`` (without one: under ``""``)."""
+        totals: dict[str, float] = {}
+        for metric in counter.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    name = sample.labels.get(label, "") if label else ""
+                    totals[name] = totals.get(name, 0.0) + sample.value
+        return totals
+
     def exposition(self) -> bytes:
         """The text exposition format of every metric."""
         return generate_latest(self.registry)

@@ -32,6 +32,9 @@ Routes:
     GET /periodic                the periodic definitions of the partitions this worker
                                  owns (``TaskManager.list_periodic`` asks every worker)
     GET /router/topics           faust's own: which worker owns which partitions
+
+The dashboard's page and its own JSON views (``/dashboard``, ``/platforms``, ``/fold``,
+``/dlq``, ``/tasks/{id}/timeline``) are in :mod:`streams.dashboard.views`.
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ def register(runtime: Runtime, fold: FoldService, scheduler: SchedulerService) -
         if not request.query.get("after"):
             detail = "after=PARTITION:OFFSET of the record is required"
             return self.json({"error": "bad_request", "detail": detail}, status=400)
-        written, error = await _caught_up(runtime, fold, self, request, task_id)
+        written, error = await caught_up(runtime, fold, self, request, task_id)
         if error is not None:
             return error
         assert written is not None
@@ -190,7 +193,7 @@ def register_limits_view(runtime: Runtime, scheduler: SchedulerService) -> None:
     async def platform_limits(self: View, request: Request, platform: str) -> Response:
         status = scheduler.platform_status(platform)
         if status is None:
-            return _not_ready(self)
+            return not_ready(self)
         return self.json(status)
 
 
@@ -210,7 +213,7 @@ def register_state_view(runtime: Runtime, fold: FoldService) -> None:
     async def table_state(self: View, request: Request) -> Response:
         async with fold.lock:
             if not fold.ready:
-                return _not_ready(self)
+                return not_ready(self)
             owned = sorted(fold.open_partitions())
             offsets = {str(p): offset for p, offset in sorted(fold.positions().items())}
             tasks = {
@@ -251,12 +254,12 @@ def register_list_view(runtime: Runtime, fold: FoldService) -> None:
         except ValidationError as exc:
             return self.json({"error": "bad_request", "detail": str(exc)}, status=400)
         if not fold.serving or app.rebalancing:
-            return _not_ready(self)
+            return not_ready(self)
         if query.local:
             return self.json(local_part(query))
-        others = _owners(app, topic)
+        others = other_owners(app, topic)
         params = query.params(local=True)
-        answers = await asyncio.gather(*(_ask(app, f"{url}/tasks", params) for url in others))
+        answers = await asyncio.gather(*(ask_worker(app, f"{url}/tasks", params) for url in others))
         parts: list[listing.Part] = []
         served: set[int] = set()
         everyone = [("this worker", (200, local_part(query))), *zip(others, answers, strict=True)]
@@ -274,7 +277,7 @@ def register_list_view(runtime: Runtime, fold: FoldService) -> None:
         return self.json({"tasks": tasks, "next_after": next_after})
 
 
-def _owners(app: Any, topic: str) -> list[str]:
+def other_owners(app: Any, topic: str) -> list[str]:
     """The HTTP APIs of the other workers owning partitions of ``topic``."""
     routes = app.router.external_topics_metadata()
     me = str(app.conf.canonical_url).rstrip("/")
@@ -282,7 +285,7 @@ def _owners(app: Any, topic: str) -> list[str]:
     return sorted(owners - {me})
 
 
-async def _ask(app: Any, url: str, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+async def ask_worker(app: Any, url: str, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
     """GET ``url`` from another worker: its status and JSON document (503 if it is not
     reachable or does not answer JSON within :data:`ASK_TIMEOUT_S`)."""
     try:
@@ -308,7 +311,7 @@ def register_periodic_view(runtime: Runtime, fold: FoldService) -> None:
     @app.page("/periodic")
     async def periodic_definitions(self: View, request: Request) -> Response:
         if not fold.ready:
-            return _not_ready(self)
+            return not_ready(self)
         now_ms = _now_ms()
         definitions = []
         for key, value in runtime.tasks.items():
@@ -320,7 +323,7 @@ def register_periodic_view(runtime: Runtime, fold: FoldService) -> None:
         return self.json({"definitions": definitions})
 
 
-def _not_ready(view: View) -> Response:
+def not_ready(view: View) -> Response:
     detail = "the worker is rebalancing or restoring its tables; ask again"
     return view.json({"error": "not_ready", "detail": detail}, status=503)
 
@@ -336,6 +339,7 @@ def status_document(state: TaskState, now_ms: int) -> dict[str, Any]:
         state.status is Status.COMPLETED and expires_at_ms is not None and now_ms >= expires_at_ms
     )
     document["waiting_on"] = waiting_on(state)
+    document["waiting_on_text"] = listing.waiting_words(document["waiting_on"])
     if state.not_before_ms is not None:
         document["not_before"] = utc_iso(state.not_before_ms)
     return document
@@ -365,7 +369,7 @@ def _wait_seconds(asked: str | None, default_s: float) -> float:
     return seconds
 
 
-async def _caught_up(
+async def caught_up(
     runtime: Runtime, fold: FoldService, view: View, request: Request, task_id: str
 ) -> tuple[tuple[int, int] | None, Response | None]:
     """Wait until the fold has the task's partition open and has folded ``after`` (if given).
@@ -385,7 +389,7 @@ async def _caught_up(
         if runtime.tasks.failure is not None:  # not a rebalance: the disk refuses writes
             detail = f"the worker's task database refuses writes: {runtime.tasks.failure}"
             return None, view.json({"error": "store_failed", "detail": detail}, status=503)
-        return None, _not_ready(view)
+        return None, not_ready(view)
     after = request.query.get("after")
     if not after:
         return None, None
@@ -404,7 +408,7 @@ async def _caught_up(
 async def _read(
     runtime: Runtime, fold: FoldService, view: View, request: Request, task_id: str
 ) -> tuple[TaskState | None, Response]:
-    _, error = await _caught_up(runtime, fold, view, request, task_id)
+    _, error = await caught_up(runtime, fold, view, request, task_id)
     if error is not None:
         return None, error
     key = task_id.encode("utf-8")

@@ -23,6 +23,7 @@ from streams.agents.scheduler import SchedulerService
 from streams.app import Runtime, create_runtime
 from streams.config import Settings
 from streams.config_log import read_table, worker_changes, write_changes
+from streams.dashboard import views as dashboard
 from streams.handlers import load_handler_modules, registered_task_types
 from streams.topics import ensure_topics
 
@@ -104,6 +105,7 @@ def build(settings: Settings) -> Parts:
     drain = executor.Drain(runner, scheduling.stop_dispatching, settings.shutdown_grace)
     runtime.app.service(drain)  # type: ignore[arg-type]
     web.register(runtime, folding, scheduling)
+    dashboard.register(runtime, folding, scheduling)
     return Parts(runtime, folding, scheduling, runner)
 
 
@@ -144,7 +146,7 @@ def start_line(settings: Settings, handler_modules: list[str]) -> tuple[str, dic
     message = (
         "worker starting: brokers=%(brokers)s app_id=%(app_id)s topic_prefix='%(prefix)s' "
         "(%(events)s, ...) partitions=%(partitions)d replication_factor=%(replicas)d; "
-        "HTTP %(http)s (GET /ready, /health, /metrics); handler modules=%(modules)s "
+        "HTTP %(http)s (GET /ready, /health, /metrics, /dashboard); handler modules=%(modules)s "
         "(task types: %(types)s); data_dir=%(data_dir)s"
     )
     return message, fields

@@ -28,6 +28,7 @@ nothing, so it calls nothing.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import time
@@ -160,6 +161,9 @@ class SchedulerService(AssignedPartitions):
         self._store_broken = False
         self._outage = False
         self._failure_log = FailureLog(log)
+        self.dispatched: collections.Counter[str] = collections.Counter()
+        """Per platform, the go-aheads this worker committed since it started (the dashboard
+        draws dispatches per second from successive readings)."""
 
     # -- what others see
 
@@ -184,6 +188,18 @@ class SchedulerService(AssignedPartitions):
             platform, lane.limits.get(platform)
         )
         return scheduler.status(self._clock())
+
+    def open_partitions(self) -> frozenset[int]:
+        """The partitions of ``task.ready`` scheduled here now."""
+        return frozenset(self._lanes)
+
+    def platforms(self) -> list[str]:
+        """The platforms scheduled here, sorted: those seen on an open partition, and those
+        whose partition is open here and that have limits (configured or set at run time)."""
+        names = set(self.runtime.settings.limited_platforms)
+        for lane in self._lanes.values():
+            names.update(lane.schedulers, lane.limits)
+        return sorted(p for p in names if self._partition_of(p) in self._lanes)
 
     async def lags(self) -> dict[str, tuple[int, int]]:
         """Per open input partition (``topic[p]``): the last offset taken, and records waiting."""
@@ -590,6 +606,7 @@ class SchedulerService(AssignedPartitions):
         go_aheads, lane.go_aheads = lane.go_aheads, []
         for go in go_aheads:  # committed: this worker, and no other, calls their handlers
             self.executor.start(go)
+            self.dispatched[go.platform] += 1
         self._failures = 0
         self._store_committed(lane, checkpoint)
         return True
