@@ -25,6 +25,7 @@ from streams.config import Settings
 from streams.config_log import read_table, worker_changes, write_changes
 from streams.dashboard import views as dashboard
 from streams.handlers import load_handler_modules, registered_task_types
+from streams.ownership import check_own_groups
 from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ def run_worker(settings: Settings, loglevel: str = "info", config_file: Path | N
                 app_id=settings.orchestrator_id,
             )
         )
+        loop.run_until_complete(check_own_groups(settings))
         if config_file is not None:
             loop.run_until_complete(publish_file_settings(settings, config_file))
     finally:

@@ -57,3 +57,35 @@ async def test_two_orchestrators_with_one_app_id_and_two_prefixes_run_side_by_si
     finally:
         for cluster in clusters:
             cluster.stop_all()
+
+
+async def test_a_worker_whose_settings_name_another_orchestrators_groups_refuses_to_start(
+    bootstrap_servers: str, tmp_path: Path
+) -> None:
+    """Prefix ``a-X.`` with app id ``b``, and no prefix with app id ``a-X.b``, give one
+    orchestrator id: the second worker would resume from the first one's offsets in topics it
+    does not read. It refuses to start, in one line that says why."""
+    run = uuid.uuid4().hex[:6]
+    first = Cluster(bootstrap_servers, tmp_path / "first", "b", topic_prefix=f"a-{run}.")
+    second = Cluster(bootstrap_servers, tmp_path / "second", f"a-{run}.b", topic_prefix="")
+    assert first.orchestrator_id == second.orchestrator_id
+    try:
+        worker = first.start("w")
+        config = {
+            "bootstrap_servers": bootstrap_servers,
+            "api_url": worker.api_url,
+            "partitions": PARTITIONS,
+            "topic_prefix": first.topic_prefix,
+            "app_id": "b",
+        }
+        async with TaskManager(config) as tm:  # confirmed: the fold committed its offsets
+            await tm.create_task("scrape", "linkedin", "x")
+        refused = second.start("w", wait=False)
+        assert refused.process.wait(timeout=120) != 0
+        last = refused.log_tail().strip().splitlines()[-1]
+        assert last.startswith("orchestrator: error: consumer group ")
+        assert f"belongs to another orchestrator (it reads a-{run}.task.events" in last
+        assert worker.process.poll() is None  # the first one goes on
+    finally:
+        first.stop_all()
+        second.stop_all()
