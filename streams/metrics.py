@@ -99,7 +99,7 @@ class Metrics:
         )
         self.hits = Counter(
             "orchestrator_rate_limit_hits_total",
-            "Scheduler passes that held a task back, by reason.",
+            "Queued tasks a scheduler held back, each counted once per reason while queued.",
             ["platform", "reason"],
             registry=r,
         )
@@ -210,9 +210,10 @@ class Metrics:
         return child
 
     def observe_scheduler(
-        self, scheduler: PlatformScheduler, now_ms: int, held: str | None
+        self, scheduler: PlatformScheduler, now_ms: int, held: tuple[str, int] | None
     ) -> None:
-        """Record a platform's limit status after a scheduler pass (and why it held, if it did)."""
+        """Record a platform's limit status after a scheduler pass, and the tasks it found held
+        for a reason for the first time (``held``: the reason and how many)."""
         platform = scheduler.limits.platform
         status = scheduler.status(now_ms)
         for window in status["windows"]:
@@ -222,8 +223,8 @@ class Metrics:
         self.in_flight.labels(platform).set(status["in_flight"])
         self.pending.labels(platform).set(status["pending"])
         self.rate_factor.labels(platform).set(status["rate_factor"])
-        if held is not None:
-            self.hits.labels(platform, held).inc()
+        if held is not None and held[1] > 0:
+            self.hits.labels(platform, held[0]).inc(held[1])
 
     def totals(self, counter: Counter, label: str | None = None) -> dict[str, float]:
         """A counter's values now, by the value of ``label`` (without one: under ``""``)."""

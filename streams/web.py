@@ -43,6 +43,7 @@ import asyncio
 import base64
 import dataclasses
 import time
+import urllib.parse
 from typing import Any
 
 import aiohttp
@@ -92,7 +93,15 @@ def register(runtime: Runtime, fold: FoldService, scheduler: SchedulerService) -
         state, error = await _read(runtime, fold, self, request, task_id)
         if state is None:
             return error
-        return self.json(status_document(state, _now_ms()))
+        document = status_document(state, _now_ms())
+        if state.status is Status.READY and state.held_reason:
+            # the state keeps why the scheduler first held the task; what holds it now is the
+            # platform's scheduler's to say (a cap, then a window, then a pause...)
+            held = await _platform_status(runtime, scheduler, state.platform)
+            if held is not None:
+                document["waiting_on"] = held_now(held)
+                document["waiting_on_text"] = listing.waiting_words(document["waiting_on"])
+        return self.json(document)
 
     @app.page("/tasks/{task_id}/verdict")
     @app.topic_route(topic=runtime.events_topic, match_info="task_id")
@@ -321,6 +330,34 @@ def register_periodic_view(runtime: Runtime, fold: FoldService) -> None:
                 definitions.append(document)
         definitions.sort(key=lambda d: str(d["name"]))
         return self.json({"definitions": definitions})
+
+
+def held_now(platform_status: dict[str, Any]) -> dict[str, Any]:
+    """``waiting_on`` of a ready task that its platform's scheduler holds, from the platform's
+    status now (``GET /limits/{platform}``)."""
+    held = platform_status.get("held_by")
+    if held is None:
+        return {
+            "reason": "scheduling",
+            "detail": "its platform may dispatch now: it waits for its turn in the queue",
+        }
+    return {"reason": held["reason"], "detail": held["detail"], "until_ms": held["until_ms"]}
+
+
+async def _platform_status(
+    runtime: Runtime, scheduler: SchedulerService, platform: str
+) -> dict[str, Any] | None:
+    """The platform's limit status from the worker scheduling it (None: not known now)."""
+    local = scheduler.platform_status(platform)
+    if local is not None:
+        return local
+    app = runtime.app
+    me = str(app.conf.canonical_url).rstrip("/")
+    # faust's router forwards it to the worker that schedules the platform
+    status, document = await ask_worker(
+        app, f"{me}/limits/{urllib.parse.quote(platform, safe='')}", {}
+    )
+    return document if status == 200 else None
 
 
 def not_ready(view: View) -> Response:

@@ -464,8 +464,12 @@ class SchedulerService(AssignedPartitions):
         """Note when the platform must look again; wake platforms an overall slot now lets go."""
         free = self._overall_free()
         hold = scheduler.hold(clock, free)
-        reason = str(hold.reason) if hold is not None and scheduler.pending else None
-        self.runtime.metrics.observe_scheduler(scheduler, clock, reason)
+        held = (
+            (str(hold.reason), scheduler.newly_held(hold.reason))
+            if hold is not None and scheduler.pending
+            else None
+        )
+        self.runtime.metrics.observe_scheduler(scheduler, clock, held)
         wakeup = scheduler.wakeup_ms(clock)
         if hold is not None and hold.reason is HoldReason.CONCURRENCY and hold.until_ms is None:
             wakeup = None  # a released slot will bring a signal

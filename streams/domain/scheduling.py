@@ -162,6 +162,8 @@ class PlatformScheduler:
         self._queue: list[tuple[int, str]] = []
         self._tasks: dict[str, QueuedTask] = {}
         self._not_yet_deferred: list[str] = []
+        self._held_counted: dict[HoldReason, set[str]] = {}
+        """Per hold reason, the queued tasks already counted as held for it."""
         self._parked: dict[str, QueuedTask] = {}
         """Next readinesses of tasks still in flight: queued when their slot is released."""
 
@@ -194,10 +196,24 @@ class PlatformScheduler:
 
     def remove(self, task_id: str) -> bool:
         """Drop a queued task (cancelled elsewhere); True if it was queued."""
+        self._uncount(task_id)
         return (
             self._tasks.pop(task_id, None) is not None
             or self._parked.pop(task_id, None) is not None
         )
+
+    def newly_held(self, reason: HoldReason) -> int:
+        """The queued tasks held for ``reason`` that were not yet counted for it, now counted:
+        a platform's "rate-limit hits" count each held task once per reason, however many
+        scheduler passes find it held."""
+        counted = self._held_counted.setdefault(reason, set())
+        new = self._tasks.keys() - counted
+        counted.update(new)
+        return len(new)
+
+    def _uncount(self, task_id: str) -> None:
+        for counted in self._held_counted.values():
+            counted.discard(task_id)
 
     def _queue_up(self, task: QueuedTask) -> None:
         self._tasks[task.task_id] = task
@@ -415,6 +431,7 @@ class PlatformScheduler:
 
     def _pop(self) -> QueuedTask:
         _, task_id = heapq.heappop(self._queue)
+        self._uncount(task_id)
         return self._tasks.pop(task_id)
 
     def _record(self, task: QueuedTask, now_ms: int) -> None:

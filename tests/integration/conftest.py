@@ -39,6 +39,10 @@ SCHEDULER_CONFIG: dict[str, Any] = {
     f"{platform('ageing')}_rate_limits": {"limits": [{"calls": 10, "period": 1}]},
     f"{platform('busy')}_rate_limits": {"limits": [{"calls": 1, "period": 3600}]},
     f"{platform('aimd')}_rate_limits": {"limits": [{"calls": 40, "period": 1}]},
+    f"{platform('capwin')}_rate_limits": {
+        "limits": [{"calls": 2, "period": 3600}],
+        "max_concurrent": 1,
+    },
 }
 
 

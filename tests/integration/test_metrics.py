@@ -107,3 +107,47 @@ async def test_a_caught_up_worker_reports_no_lag(
         await asyncio.sleep(0.2)
     assert lags
     assert not any(lags.values()), lags
+
+
+async def test_a_held_task_counts_once_per_reason_and_says_what_holds_it_now(
+    scheduler_config: dict[str, Any], scheduler_worker: WorkerProcess
+) -> None:
+    """One running at a time and two calls an hour: A runs while B and C wait for the cap;
+    B runs while C waits for the cap; then the window is full and C waits for it. C's status
+    names the window although its only deferral named the cap, and the hits count each
+    queued task once per reason, whatever the number of scheduler passes: B and C for the cap,
+    C and a later D for the window."""
+    name = platform("capwin")
+    before = await _scrape(scheduler_worker)
+    async with TaskManager(scheduler_config) as tm:
+        # A runs 3 s: B and C are created, and wait for the cap, meanwhile
+        first = await tm.create_task("sleepy", name, "3")
+        second = await tm.create_task("sleepy", name, "0.2")
+        third = await tm.create_task("sleepy", name, "0.2")
+        deadline = time.monotonic() + 60
+        status = await tm.get_task_status(third)
+        while status["waiting_on"]["reason"] != "rate_limit" and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            status = await tm.get_task_status(third)
+        assert status["status"] == "ready"
+        assert status["held_reason"] == "concurrency"  # why it was first held
+        assert status["waiting_on"]["reason"] == "rate_limit", status["waiting_on"]
+        assert "2 calls per 3600 s" in status["waiting_on"]["detail"]
+        assert [(await tm.get_task_status(t))["status"] for t in (first, second)] == [
+            "completed",
+            "completed",
+        ]
+        fourth = await tm.create_task("sleepy", name, "0.2")  # one more scheduler pass
+        held = await tm.get_task_status(fourth)
+        while not held["held_reason"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            held = await tm.get_task_status(fourth)
+        assert held["held_reason"] == "rate_limit"
+    during = await _scrape(scheduler_worker)
+
+    def hits(reason: str) -> float:
+        labels = {"platform": name, "reason": reason}
+        key = "orchestrator_rate_limit_hits_total"
+        return _value(during, key, **labels) - _value(before, key, **labels)
+
+    assert (hits("concurrency"), hits("rate_limit")) == (2, 2)

@@ -118,6 +118,25 @@ def test_the_overall_cap_is_shared_with_other_platforms() -> None:
 # -- order ----------------------------------------------------------------------------------------
 
 
+def test_a_held_task_counts_once_per_reason_however_many_passes_hold_it() -> None:
+    s = _scheduler(RateLimit(2, 60_000), cap=1)
+    for name in "abc":
+        s.enqueue(_task(name))
+    assert _ids(s.run(T0)[0]) == ["a"]
+    assert s.newly_held(HoldReason.CONCURRENCY) == 2  # b and c
+    assert s.newly_held(HoldReason.CONCURRENCY) == 0  # another pass: the same tasks
+    s.release("a", completed=True, throttled_ms=0, now_ms=T0 + 1)
+    assert _ids(s.run(T0 + 1)[0]) == ["b"]  # b leaves the queue: no longer counted
+    s.enqueue(_task("d"))
+    assert s.newly_held(HoldReason.CONCURRENCY) == 1  # d only
+    s.release("b", completed=True, throttled_ms=0, now_ms=T0 + 2)
+    assert s.hold(T0 + 2) is not None and s.hold(T0 + 2).reason is HoldReason.RATE_LIMIT  # type: ignore[union-attr]
+    assert s.newly_held(HoldReason.RATE_LIMIT) == 2  # c and d, for another reason
+    assert s.remove("d")
+    s.enqueue(_task("d"))  # queued again: a new wait, counted again
+    assert s.newly_held(HoldReason.RATE_LIMIT) == 1
+
+
 def test_priority_first_then_readiness() -> None:
     s = _scheduler()
     s.enqueue(_task("low", priority=3, ready=T0))

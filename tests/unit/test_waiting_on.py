@@ -67,3 +67,11 @@ def test_an_overall_cap_counts_the_tasks_in_flight_of_every_platform() -> None:
 def test_only_task_types_with_a_handler_here_are_scheduled_here() -> None:
     assert runs_here("scrape", frozenset({"scrape"}))
     assert not runs_here("analyse", frozenset({"scrape"}))
+
+
+def test_a_ready_tasks_status_names_what_holds_its_platform_now() -> None:
+    from streams.web import held_now
+
+    window = {"reason": "rate_limit", "detail": "2 calls per 3600 s used", "until_ms": 5}
+    assert held_now({"held_by": window}) == window
+    assert held_now({"held_by": None})["reason"] == "scheduling"
