@@ -30,6 +30,7 @@ from projections.audit import AuditView, TimelineEntry
 from projections.instants import Instant, iso_utc
 from projections.live import verify
 from projections.status import TaskStatusView, summary
+from streams.domain.config_events import ANY, ConfigChange
 from streams.errors import TaskNotFoundError, ValidationError
 
 
@@ -128,9 +129,16 @@ def _print_summary(summary: dict[str, Any], stream: TextIO) -> None:
 
 
 def audit_command(
-    bootstrap_servers: str, topic: str, task_id: str, until: Instant | None, as_json: bool
+    bootstrap_servers: str,
+    topic: str,
+    task_id: str,
+    until: Instant | None,
+    as_json: bool,
+    settings_changes: Sequence[ConfigChange] = (),
 ) -> int:
-    """``orchestrator audit TASK_ID``: the task's timeline, readable or as JSON."""
+    """``orchestrator audit TASK_ID``: the task's timeline, readable or as JSON, then the
+    run-time settings changes (``orchestrator.config``) for its platform and type up to its last
+    record: the limits and defaults in force while it lived."""
     err = Console(stderr=True)
     _note_instant(err, until)
     audit, status = AuditView([task_id]), TaskStatusView()
@@ -145,12 +153,19 @@ def audit_command(
         raise TaskNotFoundError(f"no record of task {task_id} in {topic}{up_to}")
     entry = status.entry(task_id)
     state = summary(entry) if entry is not None else None
+    last_ms = max(e.timestamp_ms for e in timeline)
+    settings = (
+        relevant_changes(settings_changes, state["platform"], state["task_type"], last_ms)
+        if state is not None
+        else []
+    )
     if as_json:
         document = {
             "task_id": task_id,
             "until_ms": until.ms if until else None,
             "state": state,
             "timeline": [e.to_json() for e in timeline],
+            "settings": [_change_json(c) for c in settings],
         }
         print(json.dumps(document, indent=2, sort_keys=True))
         return 0
@@ -159,7 +174,43 @@ def audit_command(
         print(_timeline_line(line))
     rejected = sum(1 for e in timeline if e.is_rejected)
     print(f"{len(timeline)} records, {rejected} rejected")
+    if settings:
+        print("settings changed at run time for its platform and type, up to its last record:")
+        for change in settings:
+            shown = "unset" if change.value is None else json.dumps(change.value)
+            print(
+                f"  {iso_utc(change.at_ms)}  {change.name} platform={change.platform} "
+                f"task_type={change.task_type}  {shown}  by {change.by}"
+            )
     return 0
+
+
+def relevant_changes(
+    changes: Sequence[ConfigChange], platform: str, task_type: str, until_ms: int
+) -> list[ConfigChange]:
+    """The changes of settings that hold for ``platform`` and ``task_type`` (or every one), made
+    up to ``until_ms``, in time order."""
+    return sorted(
+        (
+            c
+            for c in changes
+            if c.platform in (platform, ANY)
+            and c.task_type in (task_type, ANY)
+            and c.at_ms <= until_ms
+        ),
+        key=lambda c: c.at_ms,
+    )
+
+
+def _change_json(change: ConfigChange) -> dict[str, Any]:
+    return {
+        "at_ms": change.at_ms,
+        "name": change.name,
+        "platform": change.platform,
+        "task_type": change.task_type,
+        "value": change.value,
+        "by": change.by,
+    }
 
 
 def _headline(task_id: str, state: dict[str, Any] | None, until: Instant | None) -> str:

@@ -651,11 +651,13 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _audit(args: argparse.Namespace) -> int:
     from projections.console import audit_command
+    from streams.config_log import read_changes
 
     settings = _settings(args)
     until = _instant(args.until)
+    changes = asyncio.run(read_changes(settings))  # the settings in force during its life
     return audit_command(
-        settings.bootstrap_servers, settings.topics.events, args.task_id, until, args.json
+        settings.bootstrap_servers, settings.topics.events, args.task_id, until, args.json, changes
     )
 
 

@@ -78,7 +78,8 @@ async def write_changes(settings: Settings, changes: Iterable[ConfigChange]) -> 
 
 async def read_changes(settings: Settings) -> list[ConfigChange]:
     """Every change the topic holds, partition after partition, each in log order (a
-    setting's changes share a partition). Records that do not decode are skipped.
+    setting's changes share a partition); none if the topic does not exist (no worker of this
+    version started yet). Records that do not decode are skipped.
 
     Raises:
         InfrastructureError: Kafka could not be reached, or the end was not reached in time.
@@ -86,7 +87,7 @@ async def read_changes(settings: Settings) -> list[ConfigChange]:
     consumer = _consumer(settings)
     try:
         await consumer.start()
-        tps = await _assign_all(consumer, settings.topics.config)
+        tps = await _assign_all(consumer, settings.topics.config, missing_ok=True)
         changes = await _read_to_end(consumer, tps, time.monotonic() + READ_TIMEOUT_S)
     except KafkaError as exc:
         raise InfrastructureError(

@@ -105,21 +105,27 @@ async def test_a_rate_limit_set_at_run_time_applies_without_a_restart_and_is_lis
         raised = json.dumps({"limits": [{"calls": 100, "period": 1}]})
         done = _cli(cluster, "config", "set", "rate_limits", raised, "--platform", platform)
         assert done.returncode == 0, done.stderr
-        for task_id in ids:
-            await _until(tm, task_id, lambda s: s["status"] == "completed")
+        done = [await _until(tm, t, lambda s: s["status"] == "completed") for t in ids]
     async with SmartScheduler(_client(cluster, worker.api_url)) as scheduler:
         status = await scheduler.limit_status(platform)
     assert worker.process.poll() is None  # the same worker: no restart
     assert [(w["calls"], w["period_s"]) for w in status["windows"]] == [(100, 1)]
+    # the audit of the last task to run (one call an hour let one run before the change, so
+    # it ran after) shows both limits of its platform
+    last = max(done, key=lambda s: s["completed_at_ms"])
+    audit = _cli(cluster, "audit", last["task_id"], "--json")
+    assert audit.returncode == 0, audit.stderr
+    shown = [s["value"]["limits"][0]["calls"] for s in json.loads(audit.stdout)["settings"]]
+    assert shown == [1, 100]
     history = _cli(cluster, "config", "history", "--json")
     assert history.returncode == 0, history.stderr
     rows = [json.loads(line) for line in history.stdout.splitlines()]
     mine = [r for r in rows if r["platform"] == platform and r["name"] == "rate_limits"]
     assert [r["value"]["limits"][0]["calls"] for r in mine] == [1, 100]
     assert mine[0]["by"].startswith("worker ") and mine[1]["by"].startswith("cli ")
-    shown = _cli(cluster, "config", "show", "--json")
-    assert shown.returncode == 0, shown.stderr
-    in_force = [r for r in json.loads(shown.stdout) if r["platform"] == platform]
+    in_force_now = _cli(cluster, "config", "show", "--json")
+    assert in_force_now.returncode == 0, in_force_now.stderr
+    in_force = [r for r in json.loads(in_force_now.stdout) if r["platform"] == platform]
     assert in_force == [
         {
             "name": "rate_limits",
