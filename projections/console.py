@@ -165,7 +165,7 @@ def audit_command(
             "until_ms": until.ms if until else None,
             "state": state,
             "timeline": [e.to_json() for e in timeline],
-            "settings": [_change_json(c) for c in settings],
+            "settings": [c.as_dict() for c in settings],
         }
         print(json.dumps(document, indent=2, sort_keys=True))
         return 0
@@ -200,17 +200,6 @@ def relevant_changes(
         ),
         key=lambda c: c.at_ms,
     )
-
-
-def _change_json(change: ConfigChange) -> dict[str, Any]:
-    return {
-        "at_ms": change.at_ms,
-        "name": change.name,
-        "platform": change.platform,
-        "task_type": change.task_type,
-        "value": change.value,
-        "by": change.by,
-    }
 
 
 def _headline(task_id: str, state: dict[str, Any] | None, until: Instant | None) -> str:

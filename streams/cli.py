@@ -608,16 +608,8 @@ def _config_history(args: argparse.Namespace) -> int:
 
     changes = asyncio.run(read_changes(_settings(args)))
     for change in sorted(changes, key=lambda c: c.at_ms):
-        row = {
-            "at_ms": change.at_ms,
-            "name": change.name,
-            "platform": change.platform,
-            "task_type": change.task_type,
-            "value": change.value,
-            "by": change.by,
-        }
         if args.json:
-            print(json.dumps(row))
+            print(json.dumps(change.as_dict()))
         else:
             shown = "unset" if change.value is None else json.dumps(change.value)
             print(

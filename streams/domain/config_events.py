@@ -50,6 +50,17 @@ class ConfigChange:
     at_ms: int
     by: str
 
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of the change (``orchestrator config history --json``, audits)."""
+        return {
+            "at_ms": self.at_ms,
+            "name": self.name,
+            "platform": self.platform,
+            "task_type": self.task_type,
+            "value": self.value,
+            "by": self.by,
+        }
+
     @property
     def key(self) -> str:
         """The record's key on the topic: placed, and compacted, by it (the platform first,
