@@ -121,6 +121,13 @@ class Metrics:
             ["platform"],
             registry=r,
         )
+        self.paused = Gauge(
+            "orchestrator_platform_paused",
+            "1 while a pause holds the platform's dispatches (a \"rate limited\" answer, or "
+            "orchestrator pause), else 0.",
+            ["platform"],
+            registry=r,
+        )
         self.rate_factor = Gauge(
             "orchestrator_rate_factor",
             "Share of its limits a platform gets (adaptive throttling).",
@@ -223,6 +230,7 @@ class Metrics:
         self.in_flight.labels(platform).set(status["in_flight"])
         self.pending.labels(platform).set(status["pending"])
         self.rate_factor.labels(platform).set(status["rate_factor"])
+        self.paused.labels(platform).set(0 if status["paused_until_ms"] is None else 1)
         if held is not None and held[1] > 0:
             self.hits.labels(platform, held[0]).inc(held[1])
 
