@@ -194,6 +194,9 @@ async def test_cli_reads_with_the_token_and_says_why_not_without(pair: Pair) -> 
     listed = await asyncio.to_thread(run_cli, "tasks", token=TOKEN, pair=pair)
     assert listed.returncode == 0, listed.stderr
     assert task_id in listed.stdout
+    for command in (("periodic", "list"), ("verify",)):  # ask every worker: /router, /state
+        done = await asyncio.to_thread(run_cli, *command, token=TOKEN, pair=pair)
+        assert done.returncode == 0, (command, done.stdout, done.stderr)
     refused = await asyncio.to_thread(run_cli, "status", task_id, token=None, pair=pair)
     assert refused.returncode == 2
     lines = refused.stderr.strip().splitlines()
