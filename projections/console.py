@@ -231,11 +231,16 @@ def _timeline_line(entry: TimelineEntry) -> str:
 
 
 def verify_command(
-    bootstrap_servers: str, topic: str, api_url: str, timeout_s: float, as_json: bool
+    bootstrap_servers: str,
+    topic: str,
+    api_url: str,
+    timeout_s: float,
+    as_json: bool,
+    token: str = "",
 ) -> int:
     """``orchestrator verify``: 0 if the live table is the log's fold, 1 (and each difference)
-    if not."""
-    checked = asyncio.run(verify(bootstrap_servers, topic, api_url, timeout_s))
+    if not. The workers are asked with the HTTP API's bearer ``token``, if there is one."""
+    checked = asyncio.run(verify(bootstrap_servers, topic, api_url, timeout_s, token))
     differences = checked.differences
     offsets = ", ".join(f"{p}:{o}" for p, o in sorted(checked.live.offsets.items()))
     if as_json:

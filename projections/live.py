@@ -20,8 +20,9 @@ import aiohttp
 from projections.replay import ReplayResult, partition_count, replay
 from projections.status import TaskStatusView
 from projections.verify import Difference, compare
+from streams.auth import authorization
 from streams.domain import state_to_dict
-from streams.errors import InfrastructureError
+from streams.errors import InfrastructureError, UnauthorizedError
 
 RETRY_INTERVAL_S = 0.5
 
@@ -51,16 +52,18 @@ class Verification:
 
 
 async def verify(
-    bootstrap_servers: str, topic: str, api_url: str, timeout_s: float = 60.0
+    bootstrap_servers: str, topic: str, api_url: str, timeout_s: float = 60.0, token: str = ""
 ) -> Verification:
-    """Compare the workers' live table with a fresh fold of ``topic`` up to the same offsets.
+    """Compare the workers' live table with a fresh fold of ``topic`` up to the same offsets;
+    the workers are asked with the HTTP API's bearer ``token``, if there is one.
 
     Raises:
+        UnauthorizedError: a worker refused the token (or its lack).
         InfrastructureError: a worker or Kafka cannot be reached, or some partition is served
             by no worker within ``timeout_s`` (no worker running, or a rebalance that lasts).
     """
     partitions = await partition_count(bootstrap_servers, topic)
-    live = await read_live_table(api_url, topic, partitions, timeout_s)
+    live = await read_live_table(api_url, topic, partitions, timeout_s, token)
     stops = {p: offset + 1 for p, offset in live.offsets.items()}
     replayed = await replay(
         bootstrap_servers, topic, projections=[TaskStatusView()], stop_offsets=stops
@@ -70,7 +73,7 @@ async def verify(
 
 
 async def read_live_table(
-    api_url: str, topic: str, partitions: int, timeout_s: float = 60.0
+    api_url: str, topic: str, partitions: int, timeout_s: float = 60.0, token: str = ""
 ) -> LiveTable:
     """Every worker's part of the ``tasks`` table, once the workers cover all ``partitions``.
 
@@ -80,7 +83,7 @@ async def read_live_table(
     """
     deadline = time.monotonic() + timeout_s
     timeout = aiohttp.ClientTimeout(total=max(timeout_s, 1.0))
-    async with aiohttp.ClientSession(timeout=timeout) as http:
+    async with aiohttp.ClientSession(timeout=timeout, headers=authorization(token)) as http:
         while True:
             table, problem = await _read_once(http, api_url, topic, partitions)
             if table is not None:
@@ -131,5 +134,7 @@ async def _workers(http: aiohttp.ClientSession, api_url: str, topic: str) -> lis
 
 async def _get(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, Any]]:
     async with http.get(url) as response:
+        if response.status == 401:  # not retried: the token must change
+            raise UnauthorizedError(url, "Authorization" in http.headers)
         document: dict[str, Any] = await response.json(content_type=None)
         return response.status, document

@@ -14,7 +14,7 @@ from pathlib import Path
 import faust
 from faust.types import TopicT
 
-from streams import placement
+from streams import auth, placement
 from streams.config import Settings
 from streams.domain.timers import DeadlineIndex
 from streams.metrics import Metrics
@@ -142,7 +142,9 @@ def _raw_topic(app: faust.App, name: str, partitions: int) -> TopicT:
 
 def create_app(settings: Settings) -> faust.App:
     """The Faust app of a worker: RocksDB tables, exactly-once, web server on ``web_host``."""
-    web_url = f"http://{settings.web_host}:{settings.web_port}"
+    web_options = (
+        {"middlewares": [auth.middleware(settings.api_token)]} if settings.api_token else {}
+    )
     app = faust.App(
         settings.orchestrator_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
@@ -158,7 +160,9 @@ def create_app(settings: Settings) -> faust.App:
         web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.web_port,
-        canonical_url=web_url,
+        # other workers route reads and fan-out views here (faust's assignment carries it)
+        canonical_url=settings.canonical_url,
+        web_application_options=web_options,
         web_tables_enabled=False,
         web_graph_enabled=False,
         web_stats_enabled=False,

@@ -659,7 +659,12 @@ def _verify(args: argparse.Namespace) -> int:
     settings = _settings(args)
     events = settings.topics.events
     return verify_command(
-        settings.bootstrap_servers, events, settings.api_url, args.timeout, args.json
+        settings.bootstrap_servers,
+        events,
+        settings.api_url,
+        args.timeout,
+        args.json,
+        settings.api_token,
     )
 
 

@@ -38,6 +38,7 @@ from aiokafka.errors import KafkaError
 from schemas import encode_event
 from schemas.records import encode_signal
 from streams import schedules
+from streams.auth import authorization as auth_headers
 from streams.config import Settings, load_settings, policy_keys_given, setting_value
 from streams.config_log import ConfigFollower
 from streams.domain import (
@@ -84,6 +85,7 @@ from streams.errors import (
     ResultExpiredError,
     ResultNotReadyError,
     TaskNotFoundError,
+    UnauthorizedError,
     UnconfirmedWriteError,
     ValidationError,
 )
@@ -170,7 +172,8 @@ class TaskManager:
                 raise
         self._producer = producer
         self._http = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self._read_wait_s() + 5)
+            timeout=aiohttp.ClientTimeout(total=self._read_wait_s() + 5),
+            headers=auth_headers(self.settings.api_token),
         )
 
     async def close(self) -> None:
@@ -918,6 +921,8 @@ class TaskManager:
             raise ResultExpiredError(detail)
         if status == 400:
             raise ValidationError(f"the worker refused the request: {detail}")
+        if status == 401:
+            raise UnauthorizedError(url, bool(self.settings.api_token))
         raise InfrastructureError(f"worker answered {status}: {detail}", retriable=status >= 500)
 
     async def _get_retrying(self, url: str, params: dict[str, str]) -> tuple[int, Any]:

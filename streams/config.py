@@ -67,9 +67,24 @@ class Settings:
     data_dir: str = "./orchestrator-data"
     """Worker state directory (RocksDB tables). Each worker needs its own."""
     web_host: str = "127.0.0.1"
-    """Address the worker's HTTP server binds to and advertises."""
+    """Address the worker's HTTP server binds to. Any address but a loopback one
+    (127.0.0.0/8, ``::1``, ``localhost``) requires ``api_token``: the worker refuses to start
+    without it. Env: ``ORCHESTRATOR_WEB_HOST``."""
     web_port: int = 6066
     """Port of the worker's HTTP server (status, results, /metrics)."""
+    advertised_url: str = ""
+    """The URL other workers reach this worker's HTTP server at (faust's ``canonical_url``:
+    routed reads and fan-out views go there). Empty: ``http://{web_host}:{web_port}``; a
+    worker binding a wildcard address (``0.0.0.0``, ``::``) must set it, as no other worker can
+    reach a wildcard. Env: ``ORCHESTRATOR_ADVERTISED_URL``."""
+    api_token: str = field(default="", repr=False)
+    """The bearer token of the HTTP API: when set, every route but ``GET /health`` and
+    ``GET /metrics`` (and the dashboard's static files) answers 401 without
+    ``Authorization: Bearer <token>``; clients and workers send it. Never logged, printed or
+    shown in a repr. Env: ``ORCHESTRATOR_API_TOKEN`` (or use ``api_token_file``)."""
+    api_token_file: str = ""
+    """A file holding ``api_token`` (one trailing newline is stripped), read at start-up;
+    not both. Env: ``ORCHESTRATOR_API_TOKEN_FILE``."""
     api_url: str = "http://127.0.0.1:6066"
     """Where a client reads status and results: any worker's HTTP server."""
     read_timeout: float = 10.0
@@ -113,6 +128,17 @@ class Settings:
     see ``streams.logs``). Env: ``ORCHESTRATOR_LOG_FORMAT``; ``--log-format``."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """``max_concurrent_tasks`` and the ``<platform>_rate_limits`` keys, as given."""
+
+    def __repr__(self) -> str:
+        # the dataclass repr already leaves api_token out; say whether one is set
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
+        return f"Settings({shown}, api_token={'<set>' if self.api_token else '<unset>'})"
+
+    @property
+    def canonical_url(self) -> str:
+        """Where other workers reach this one: ``advertised_url``, else built from
+        ``web_host`` and ``web_port``."""
+        return self.advertised_url or f"http://{self.web_host}:{self.web_port}"
 
     @property
     def max_concurrent_tasks(self) -> int | None:
@@ -268,7 +294,10 @@ def _build(values: dict[str, Any]) -> Settings:
             _validate_extra(value)
             converted[key] = dict(value)
             continue
+        if key in _SECRETS and not isinstance(value, str):
+            raise ConfigurationError(f"{key} must be a string")  # the value stays unsaid
         converted[key] = _convert(key, value, _FIELD_TYPES[key])
+    _resolve_token(converted)
     prefix = converted.get("topic_prefix", "")
     if not re.fullmatch(r"[A-Za-z0-9._-]*", prefix):
         raise ConfigurationError(
@@ -308,7 +337,44 @@ def _build(values: dict[str, Any]) -> Settings:
         _check_servers(converted["bootstrap_servers"])
     if "api_url" in converted:
         _check_api_url(converted["api_url"])
+    if converted.get("advertised_url"):
+        _check_api_url(converted["advertised_url"], key="advertised_url")
     return Settings(**converted)
+
+
+_SECRETS = {"api_token"}
+"""Settings whose value no error message, log line or repr may show."""
+
+
+def _resolve_token(converted: dict[str, Any]) -> None:
+    """Read ``api_token_file`` into ``api_token`` and check the token (never showing it)."""
+    path = converted.get("api_token_file", "")
+    if path:
+        if converted.get("api_token"):
+            raise ConfigurationError("set api_token or api_token_file, not both")
+        converted["api_token"] = read_token_file(Path(path))
+    token = converted.get("api_token", "")
+    if token and not re.fullmatch(r"[\x21-\x7e]+", token):
+        raise ConfigurationError(
+            "api_token must be printable ASCII without spaces (it travels in an HTTP header)"
+        )
+
+
+def read_token_file(path: Path) -> str:
+    """The token ``path`` holds, its trailing newline stripped.
+
+    Raises:
+        ConfigurationError: the file cannot be read or holds no token; the message names the
+            file, never its content.
+    """
+    try:
+        token = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+        raise ConfigurationError(f"api_token_file: cannot read {path}: {reason}") from None
+    if not token:
+        raise ConfigurationError(f"api_token_file: {path} holds no token (it is empty)")
+    return token
 
 
 def _check_servers(servers: str) -> None:
@@ -322,16 +388,16 @@ def _check_servers(servers: str) -> None:
             )
 
 
-def _check_api_url(url: str) -> None:
+def _check_api_url(url: str, key: str = "api_url") -> None:
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise ConfigurationError(f"api_url {url!r} is not a valid URL: {exc}") from exc
+        raise ConfigurationError(f"{key} {url!r} is not a valid URL: {exc}") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(f"api_url must be an http(s) URL with a host, got {url!r}")
+        raise ConfigurationError(f"{key} must be an http(s) URL with a host, got {url!r}")
     if port == 0:
-        raise ConfigurationError(f"api_url: the port must be from 1 to 65535, got {url!r}")
+        raise ConfigurationError(f"{key}: the port must be from 1 to 65535, got {url!r}")
 
 
 def parse_platform_limits(platform: str, value: Any) -> PlatformLimits:

@@ -15,6 +15,20 @@ class ConfigurationError(OrchestratorError):
     """A setting is missing or malformed; the message names the key."""
 
 
+class UnauthorizedError(ConfigurationError):
+    """A worker's HTTP API answered 401: this client has no ``api_token`` (or
+    ``api_token_file``) or not the workers' one. Not retried: the configuration must change.
+    The message names the URL, never the token."""
+
+    def __init__(self, url: str, has_token: bool) -> None:
+        given = "the api_token given is not the worker's" if has_token else "no api_token is set"
+        super().__init__(
+            f"the worker at {url} requires a bearer token and refused this client's: {given}"
+            " (set ORCHESTRATOR_API_TOKEN or api_token_file)"
+        )
+        self.url = url
+
+
 class ValidationError(OrchestratorError, ValueError):
     """A client call was given bad input; nothing was written."""
 

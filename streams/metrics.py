@@ -123,7 +123,7 @@ class Metrics:
         )
         self.paused = Gauge(
             "orchestrator_platform_paused",
-            "1 while a pause holds the platform's dispatches (a \"rate limited\" answer, or "
+            '1 while a pause holds the platform\'s dispatches (a "rate limited" answer, or '
             "orchestrator pause), else 0.",
             ["platform"],
             registry=r,

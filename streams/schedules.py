@@ -19,7 +19,7 @@ from streams.cron import Cron, cron_problem
 from streams.domain import PeriodicScheduled, TaskCreated
 from streams.domain.bounds import MAX_POLICY_MS
 from streams.domain.periodic import MIN_EVERY_MS, name_problem
-from streams.errors import ValidationError
+from streams.errors import UnauthorizedError, ValidationError
 
 _MS = 1000
 
@@ -142,17 +142,25 @@ async def list_definitions(
     Raises:
         aiohttp.ClientError, TimeoutError: a worker did not answer.
         ValueError: a worker answered with an error (rebalancing: ask again).
+        UnauthorizedError: a worker refused the session's bearer token (or its lack).
     """
     base = api_url.rstrip("/")
     async with http.get(f"{base}/router/topics") as response:
+        _refuse_unauthorised(response, http)
         routes = await response.json(content_type=None) if response.status == 200 else {}
     workers = sorted({h.rstrip("/") for h, topics in routes.items() if topics.get(topic)}) or [base]
     definitions: dict[str, dict[str, Any]] = {}
     for worker in workers:
         async with http.get(f"{worker}/periodic") as response:
+            _refuse_unauthorised(response, http)
             document = await response.json(content_type=None)
             if response.status != 200:
                 raise ValueError(f"{worker} answered {response.status}: {document}")
         for definition in document["definitions"]:
             definitions[definition["name"]] = definition
     return [definitions[name] for name in sorted(definitions)]
+
+
+def _refuse_unauthorised(response: aiohttp.ClientResponse, http: aiohttp.ClientSession) -> None:
+    if response.status == 401:
+        raise UnauthorizedError(str(response.url), "Authorization" in http.headers)

@@ -50,8 +50,8 @@ import aiohttp
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from streams import auth, listing
 from streams import health as health_check
-from streams import listing
 from streams.agents.fold import FoldService
 from streams.agents.scheduler import SchedulerService
 from streams.app import Runtime
@@ -268,7 +268,10 @@ def register_list_view(runtime: Runtime, fold: FoldService) -> None:
             return self.json(local_part(query))
         others = other_owners(app, topic)
         params = query.params(local=True)
-        answers = await asyncio.gather(*(ask_worker(app, f"{url}/tasks", params) for url in others))
+        token = runtime.settings.api_token
+        answers = await asyncio.gather(
+            *(ask_worker(app, f"{url}/tasks", params, token) for url in others)
+        )
         parts: list[listing.Part] = []
         served: set[int] = set()
         everyone = [("this worker", (200, local_part(query))), *zip(others, answers, strict=True)]
@@ -294,12 +297,16 @@ def other_owners(app: Any, topic: str) -> list[str]:
     return sorted(owners - {me})
 
 
-async def ask_worker(app: Any, url: str, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
-    """GET ``url`` from another worker: its status and JSON document (503 if it is not
-    reachable or does not answer JSON within :data:`ASK_TIMEOUT_S`)."""
+async def ask_worker(
+    app: Any, url: str, params: dict[str, str], token: str = ""
+) -> tuple[int, dict[str, Any]]:
+    """GET ``url`` from another worker, with the API's ``token`` if there is one: its status
+    and JSON document (503 if it is not reachable or does not answer JSON within
+    :data:`ASK_TIMEOUT_S`)."""
     try:
         async with asyncio.timeout(ASK_TIMEOUT_S):
-            async with app.http_client.get(url, params=params) as response:
+            headers = auth.authorization(token)
+            async with app.http_client.get(url, params=params, headers=headers) as response:
                 document = await response.json(content_type=None)
                 return response.status, document if isinstance(document, dict) else {}
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -355,7 +362,7 @@ async def _platform_status(
     me = str(app.conf.canonical_url).rstrip("/")
     # faust's router forwards it to the worker that schedules the platform
     status, document = await ask_worker(
-        app, f"{me}/limits/{urllib.parse.quote(platform, safe='')}", {}
+        app, f"{me}/limits/{urllib.parse.quote(platform, safe='')}", {}, runtime.settings.api_token
     )
     return document if status == 200 else None
 

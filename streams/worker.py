@@ -15,7 +15,7 @@ from typing import Any
 
 import faust
 
-from streams import logs, web
+from streams import auth, logs, web
 from streams.agents import executor, fold, scheduler, timers
 from streams.agents.executor import Executor
 from streams.agents.fold import FoldService
@@ -39,10 +39,16 @@ def run_worker(settings: Settings, loglevel: str = "info", config_file: Path | N
 
     Logs go out in ``settings.log_format`` (``streams.logs``) from the first line on.
 
+    Raises:
+        ConfigurationError: before anything starts, if the HTTP settings would expose the
+            worker (``streams.auth.check_can_serve``): a non-loopback ``web_host`` without
+            ``api_token``, or a wildcard one without ``advertised_url``.
+
     The run-time settings ``config_file`` holds (rate limits, task policy defaults) are written
     to ``orchestrator.config`` where they differ from those in force, before the worker starts:
     every worker's scheduler, and every client, then takes them from there.
     """
+    auth.check_can_serve(settings)
     logs.configure(settings.log_format)
     loop = asyncio.new_event_loop()
     try:
@@ -133,6 +139,10 @@ def start_line(settings: Settings, handler_modules: list[str]) -> tuple[str, dic
     """The worker's first line: what it serves (its Kafka, application id, topics, handlers)
     and where (its HTTP API); as a format and its arguments, for ``log.info``."""
     http = f"http://{settings.web_host}:{settings.web_port}"
+    if settings.advertised_url:
+        http += f" (advertised as {settings.advertised_url})"
+    # whether a token is required, never the token
+    http += ", bearer token required" if settings.api_token else ", no token"
     fields = {
         "brokers": settings.bootstrap_servers,
         "app_id": settings.app_id,

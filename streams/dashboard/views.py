@@ -145,7 +145,7 @@ def register_platforms_view(
             return not_ready(self)
         if request.query.get("local") == "1":
             return self.json(local_part())
-        parts, error = await _gather(app, self, settings.topics.ready, "/platforms", local_part)
+        parts, error = await _gather(runtime, self, settings.topics.ready, "/platforms", local_part)
         if error is not None:
             return error
         merged = sorted(
@@ -189,7 +189,7 @@ def register_fold_view(runtime: Runtime, fold: FoldService) -> None:
         if request.query.get("local") == "1":
             return self.json(await local_part())
         mine = await local_part()
-        parts, error = await _gather(app, self, settings.topics.events, "/fold", lambda: mine)
+        parts, error = await _gather(runtime, self, settings.topics.events, "/fold", lambda: mine)
         if error is not None:
             return error
         served = {p["partition"] for _, part in parts for p in part["partitions"]}
@@ -264,7 +264,7 @@ def register_timeline_view(runtime: Runtime, fold: FoldService) -> None:
 
 
 async def _gather(
-    app: Any,
+    runtime: Runtime,
     view: View,
     topic: str,
     path: str,
@@ -272,9 +272,13 @@ async def _gather(
 ) -> tuple[list[tuple[str, dict[str, Any]]], Response | None]:
     """This worker's part and every other owner's of ``topic`` (asked ``path?local=1``), or
     the 503 to answer when one of them does not answer."""
+    app = runtime.app
     others = other_owners(app, topic)
     answers = await asyncio.gather(
-        *(ask_worker(app, f"{url}{path}", {"local": "1"}) for url in others)
+        *(
+            ask_worker(app, f"{url}{path}", {"local": "1"}, runtime.settings.api_token)
+            for url in others
+        )
     )
     me = str(app.conf.canonical_url).rstrip("/")
     parts = [(me, mine())]
