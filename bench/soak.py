@@ -76,6 +76,7 @@ async def soak(bootstrap: str, root: Path, tasks: int, rate: float) -> list[Resu
             await _table_empties(worker, timeout_s=300)
             elapsed = time.monotonic() - began
             last = _sample(worker, data_dir)
+            samples.append(last)
             print(f"soak end ({elapsed:.0f} s): {last}", flush=True)
         finally:
             await producer.stop()
