@@ -269,9 +269,8 @@ class TaskManager:
             retry_delay,
             max_rate_limited,
         )
-        self._new_task(*arguments)  # bad arguments are refused before anything is read
         delay_ms = schedules.not_before_ms(not_before, int(time.time() * _MS))
-        defaults = await self._policy_defaults(platform, task_type)
+        defaults = await self._policy_defaults(platform, task_type)  # no wait: taken as fetched
         task_id, payload = self._new_task(*arguments, defaults=defaults)
         if delay_ms:
             payload = dataclasses.replace(payload, not_before_ms=delay_ms)
@@ -489,7 +488,9 @@ class TaskManager:
         return self._defaults_in(await self._config.refresh(), platform, task_type)
 
     def _defaults_in(self, table: ConfigTable, platform: str, task_type: str) -> dict[str, Any]:
-        defaults = {}
+        defaults: dict[str, Any] = {}
+        if not isinstance(platform, str) or not isinstance(task_type, str):
+            return defaults  # a bad name: _new_task refuses it
         for name, value in table.policy(platform, task_type).items():
             if name in self._given:
                 continue
@@ -682,7 +683,6 @@ class TaskManager:
                 raise ValidationError(f"specs[{index}]: {problem}")
             try:
                 arguments = {**_SPEC_DEFAULTS, **spec}
-                self._new_task(**arguments)  # refused as the spec says, before any default
                 if table is not None:
                     arguments["defaults"] = self._defaults_in(
                         table, arguments["platform"], arguments["task_type"]

@@ -152,12 +152,8 @@ class ConfigFollower:
             raise
         self._consumer = consumer
 
-    def current(self) -> ConfigTable:
-        """The table, with every change that has reached this client so far."""
-        return self.table
-
     async def refresh(self) -> ConfigTable:
-        """:meth:`current`, after taking the changes fetched in the background."""
+        """The table, with every change fetched in the background so far (no wait)."""
         if self._consumer is not None:
             batches = await self._consumer.getmany(timeout_ms=0)
             for records in batches.values():

@@ -39,11 +39,6 @@ async def _committed(admin: AIOKafkaAdminClient, group: str) -> dict[Any, Any]:
             await asyncio.sleep(0.5)  # the coordinator is being set up: ask again
 
 
-def foreign_topics(committed: set[str], own: set[str]) -> set[str]:
-    """The topics a group has committed offsets for that are not this worker's."""
-    return committed - own
-
-
 async def check_own_groups(settings: Settings) -> None:
     """Refuse (one clear line) a worker that would join another orchestrator's groups.
 
@@ -62,7 +57,7 @@ async def check_own_groups(settings: Settings) -> None:
         await admin.start()
         for group, own in wanted.items():
             offsets = await _committed(admin, group)
-            foreign = foreign_topics({tp.topic for tp in offsets}, own)
+            foreign = {tp.topic for tp in offsets} - own
             if foreign:
                 raise ConfigurationError(
                     f"consumer group {group} belongs to another orchestrator (it reads "
