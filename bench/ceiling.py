@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.structs import RecordMetadata
 
 from bench.fold import FoldTopic, output_span_s
@@ -56,6 +56,7 @@ from streams.agents.transactional import (
     stop_quietly,
 )
 from streams.config import Settings
+from streams.kafka_clients import KafkaConnection
 
 FETCH_RECORDS = 500
 """Records taken per fetch: the fold's ``MAX_RECORDS`` (a commit can fall after any fetch)."""
@@ -209,7 +210,7 @@ def _transform(record: ConsumerRecord[bytes, bytes]) -> tuple[bytes, bytes, byte
 
 async def _create_topics(bootstrap: str, output: str, changelog: str) -> None:
     """The output topic (stamped by the broker) and the compacted changelog-like one."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaConnection(bootstrap).admin()
     await admin.start()
     try:
         await admin.create_topics(

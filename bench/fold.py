@@ -20,8 +20,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer
-
 from bench.workload import (
     ROOT,
     Result,
@@ -32,6 +30,7 @@ from bench.workload import (
     unique,
 )
 from schemas import decode_event
+from streams.kafka_clients import KafkaConnection
 from streams.topics import TopicNames
 
 
@@ -68,10 +67,9 @@ async def output_span_s(
     Raises:
         RuntimeError: ``wanted`` records did not arrive within ``timeout_s``.
     """
-    consumer = AIOKafkaConsumer(
+    consumer = KafkaConnection(bootstrap).consumer(
         first_topic,
         last_topic,
-        bootstrap_servers=bootstrap,
         isolation_level="read_committed",
         auto_offset_reset="earliest",
         group_id=None,
@@ -189,9 +187,8 @@ def _spawn(command: list[str], log: Path) -> subprocess.Popen[bytes]:
 
 async def raw_rate(bootstrap: str, topic: FoldTopic) -> float:
     """Events/s of a plain aiokafka consumer reading and decoding ``topic`` (read committed)."""
-    consumer = AIOKafkaConsumer(
+    consumer = KafkaConnection(bootstrap).consumer(
         topic.topics.events,
-        bootstrap_servers=bootstrap,
         isolation_level="read_committed",
         auto_offset_reset="earliest",
         group_id=None,

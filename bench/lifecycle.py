@@ -8,8 +8,6 @@ import statistics
 import time
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
 from bench.workload import (
     PARTITIONS,
     Result,
@@ -22,6 +20,7 @@ from bench.workload import (
 )
 from schemas import decode_ready, encode_event
 from streams.domain import TaskCompleted, TaskStarted
+from streams.kafka_clients import KafkaConnection
 from streams.partitions import partition_of, partitioner
 from streams.topics import TopicNames
 
@@ -96,15 +95,14 @@ async def dependency_latency(
     completed_at: dict[str, float] = {}
     latencies: dict[str, list[float]] = {"cross": [], "group": []}
     try:
-        consumer = AIOKafkaConsumer(
+        consumer = KafkaConnection(bootstrap).consumer(
             topics.ready,
-            bootstrap_servers=bootstrap,
             isolation_level="read_committed",
             auto_offset_reset="earliest",
             group_id=None,
         )
-        producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", linger_ms=0, partitioner=partitioner
+        producer = KafkaConnection(bootstrap).producer(
+            acks="all", linger_ms=0, partitioner=partitioner
         )
         await consumer.start()
         await producer.start()

@@ -20,10 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 
 from bench.workload import PARTITIONS, Result, created, event, produce_records, start, unique
 from streams.domain import TaskCompleted, TaskStarted, derived_event_id, fold
+from streams.kafka_clients import KafkaConnection
 from streams.process import WorkerProcess
 from streams.state_codec import encode_state
 from streams.topics import TopicNames, ensure_topics, tasks_changelog
@@ -96,7 +97,7 @@ async def memory_case(bootstrap: str, root: Path, tasks: int) -> list[Result]:
     await ensure_topics(bootstrap, PARTITIONS, TopicNames(f"{name}."))
     # the worker's orchestrator id is its topic prefix and app id (Settings.orchestrator_id)
     changelog = tasks_changelog(f"{name}.{name}")
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaConnection(bootstrap).admin()
     await admin.start()
     try:
         config = {"cleanup.policy": "compact"}

@@ -23,8 +23,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
 from projections.log import Verdict
 from projections.replay import replay
 from projections.status import TaskStatusView
@@ -32,6 +30,7 @@ from schemas import encode_event
 from schemas.records import event_of_record
 from streams import localbroker
 from streams.domain import Event, Source, TaskCompleted, TaskCreated, TaskStarted
+from streams.kafka_clients import KafkaConnection
 from streams.process import free_port
 from streams.topics import TopicNames, ensure_topics
 
@@ -51,9 +50,7 @@ def _events(count: int) -> list[Event]:
 
 
 async def _fill(bootstrap: str, topic: str, events: list[Event]) -> None:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=512_000
-    )
+    producer = KafkaConnection(bootstrap).producer(acks="all", linger_ms=20, max_batch_size=512_000)
     await producer.start()
     try:
         for event in events:
@@ -64,9 +61,8 @@ async def _fill(bootstrap: str, topic: str, events: list[Event]) -> None:
 
 
 async def _read_and_decode(bootstrap: str, topic: str, wanted: int) -> float:
-    consumer = AIOKafkaConsumer(
+    consumer = KafkaConnection(bootstrap).consumer(
         topic,
-        bootstrap_servers=bootstrap,
         isolation_level="read_committed",
         auto_offset_reset="earliest",
         group_id=None,

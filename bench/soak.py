@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaProducer
 from bench.workload import Result, count_until, event, start, unique
 from schemas import encode_event
 from streams.domain import TaskCreated
+from streams.kafka_clients import KafkaConnection
 from streams.partitions import partitioner
 from streams.process import WorkerProcess
 from streams.topics import TopicNames
@@ -49,9 +50,7 @@ async def soak(bootstrap: str, root: Path, tasks: int, rate: float) -> list[Resu
     worker = start(bootstrap, root, name, handlers=True, settings=settings)
     data_dir = root / name
     try:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", partitioner=partitioner
-        )
+        producer = KafkaConnection(bootstrap).producer(acks="all", partitioner=partitioner)
         await producer.start()
         try:
             await _feed(producer, topics.events, "w", WARM_UP, rate)

@@ -13,8 +13,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from schemas import encode_event
@@ -28,6 +26,7 @@ from streams.domain import (
     TaskStarted,
     derived_event_id,
 )
+from streams.kafka_clients import KafkaConnection
 from streams.process import WorkerProcess, free_port, start_worker
 from streams.topics import TOPICS, TopicNames, ensure_topics
 
@@ -104,8 +103,8 @@ async def produce_records(
     through aiokafka's batch API: far faster than one ``send`` per record, so pre-filling
     does not dominate the run.
     """
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", max_batch_size=1_000_000, linger_ms=50
+    producer = KafkaConnection(bootstrap).producer(
+        acks="all", max_batch_size=1_000_000, linger_ms=50
     )
     await producer.start()
     count = 0
@@ -144,9 +143,8 @@ async def count_until(bootstrap: str, topic: str, wanted: int, timeout_s: float)
     Raises:
         RuntimeError: fewer records after ``timeout_s``.
     """
-    consumer = AIOKafkaConsumer(
+    consumer = KafkaConnection(bootstrap).consumer(
         topic,
-        bootstrap_servers=bootstrap,
         isolation_level="read_committed",
         auto_offset_reset="earliest",
         group_id=None,
@@ -173,7 +171,7 @@ async def create_topics(bootstrap: str, topics: TopicNames) -> None:
     output timestamps compare like with like.
     """
     await ensure_topics(bootstrap, PARTITIONS, topics)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaConnection(bootstrap).admin()
     await admin.start()
     try:
         resources = [

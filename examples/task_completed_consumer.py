@@ -18,6 +18,16 @@ Run (against the local broker):
     python examples/task_completed_consumer.py --broker 127.0.0.1:9092 --group outreach-db
 
 It prints one JSON line per completed task. ``--max-records N`` stops after N records.
+
+Against a secured cluster (the consumer principal of ``orchestrator acl print`` may read
+``task.completed`` and nothing else):
+
+    KAFKA_SASL_PASSWORD=... python examples/task_completed_consumer.py --broker HOST:9093 \
+        --security-protocol SASL_SSL --sasl-mechanism SCRAM-SHA-512 --sasl-username consumer \
+        --ssl-cafile ca.pem
+
+The password is read from ``KAFKA_SASL_PASSWORD`` or ``--sasl-password-file``, never from the
+command line (where ``ps`` shows it).
 """
 
 from __future__ import annotations
@@ -27,11 +37,13 @@ import asyncio
 import contextlib
 import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.helpers import create_ssl_context
 from fastavro import parse_schema, schemaless_reader
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
@@ -82,12 +94,37 @@ def handle(record: dict[str, Any]) -> None:
     print(json.dumps(line), flush=True)
 
 
-async def consume(broker: str, topic: str, group: str, max_records: int | None) -> int:
+def security_options(args: argparse.Namespace) -> dict[str, Any]:
+    """aiokafka's security keyword arguments from the command line (none for PLAINTEXT)."""
+    options: dict[str, Any] = {"security_protocol": args.security_protocol}
+    if args.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(cafile=args.ssl_cafile)
+    if args.security_protocol.startswith("SASL_"):
+        if args.sasl_password_file:
+            password = Path(args.sasl_password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        else:
+            password = os.environ.get("KAFKA_SASL_PASSWORD", "")
+        options.update(
+            sasl_mechanism=args.sasl_mechanism,
+            sasl_plain_username=args.sasl_username,
+            sasl_plain_password=password,
+        )
+    return options
+
+
+async def consume(
+    broker: str,
+    topic: str,
+    group: str,
+    max_records: int | None,
+    security: dict[str, Any] | None = None,
+) -> int:
     """Process ``topic`` as ``group`` until interrupted or ``max_records`` records; return them."""
     decoder = Decoder(SCHEMA_FILE)
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=broker,
+        **(security or {}),
         group_id=group,
         isolation_level="read_committed",
         enable_auto_commit=False,
@@ -124,9 +161,23 @@ def main() -> None:
     parser.add_argument("--topic", default="task.completed", help="with the topic prefix, if any")
     parser.add_argument("--group", default="task-completed-example", help="consumer group")
     parser.add_argument("--max-records", type=int, default=None, help="stop after N records")
+    parser.add_argument(
+        "--security-protocol",
+        default="PLAINTEXT",
+        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    )
+    parser.add_argument(
+        "--sasl-mechanism",
+        default="SCRAM-SHA-512",
+        choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+    )
+    parser.add_argument("--sasl-username", default="")
+    parser.add_argument("--sasl-password-file", default="", help="else $KAFKA_SASL_PASSWORD")
+    parser.add_argument("--ssl-cafile", default=None, help="PEM CA file (else the system's)")
     args = parser.parse_args()
+    security = security_options(args)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: stop quietly
-        asyncio.run(consume(args.broker, args.topic, args.group, args.max_records))
+        asyncio.run(consume(args.broker, args.topic, args.group, args.max_records, security))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from projections.live import verify
 from projections.status import TaskStatusView, summary
 from streams.domain.config_events import ANY, ConfigChange
 from streams.errors import TaskNotFoundError, ValidationError
+from streams.kafka_clients import KafkaConnection
 
 
 class _ProgressBar:
@@ -75,7 +76,7 @@ def _note_instant(console: Console, until: Instant | None) -> None:
 
 
 def replay_command(
-    bootstrap_servers: str,
+    kafka: KafkaConnection | str,
     topic: str,
     until: Instant | None,
     names: Sequence[str],
@@ -92,7 +93,7 @@ def replay_command(
     with _ProgressBar(err, f"replaying {topic}") as bar:
         result = asyncio.run(
             replaying.replay(
-                bootstrap_servers, topic, until.ms if until else None, views, on_progress=bar.update
+                kafka, topic, until.ms if until else None, views, on_progress=bar.update
             )
         )
     document = result.to_json()
@@ -129,7 +130,7 @@ def _print_summary(summary: dict[str, Any], stream: TextIO) -> None:
 
 
 def audit_command(
-    bootstrap_servers: str,
+    kafka: KafkaConnection | str,
     topic: str,
     task_id: str,
     until: Instant | None,
@@ -143,9 +144,7 @@ def audit_command(
     _note_instant(err, until)
     audit, status = AuditView([task_id]), TaskStatusView()
     asyncio.run(
-        replaying.replay(
-            bootstrap_servers, topic, until.ms if until else None, [audit, status], keys=[task_id]
-        )
+        replaying.replay(kafka, topic, until.ms if until else None, [audit, status], keys=[task_id])
     )
     timeline = audit.timeline(task_id)
     if not timeline:
@@ -231,7 +230,7 @@ def _timeline_line(entry: TimelineEntry) -> str:
 
 
 def verify_command(
-    bootstrap_servers: str,
+    kafka: KafkaConnection | str,
     topic: str,
     api_url: str,
     timeout_s: float,
@@ -240,7 +239,7 @@ def verify_command(
 ) -> int:
     """``orchestrator verify``: 0 if the live table is the log's fold, 1 (and each difference)
     if not. The workers are asked with the HTTP API's bearer ``token``, if there is one."""
-    checked = asyncio.run(verify(bootstrap_servers, topic, api_url, timeout_s, token))
+    checked = asyncio.run(verify(kafka, topic, api_url, timeout_s, token))
     differences = checked.differences
     offsets = ", ".join(f"{p}:{o}" for p, o in sorted(checked.live.offsets.items()))
     if as_json:

@@ -23,6 +23,7 @@ from projections.verify import Difference, compare
 from streams.auth import authorization
 from streams.domain import state_to_dict
 from streams.errors import InfrastructureError, UnauthorizedError
+from streams.kafka_clients import KafkaConnection
 
 RETRY_INTERVAL_S = 0.5
 
@@ -52,7 +53,7 @@ class Verification:
 
 
 async def verify(
-    bootstrap_servers: str, topic: str, api_url: str, timeout_s: float = 60.0, token: str = ""
+    kafka: KafkaConnection | str, topic: str, api_url: str, timeout_s: float = 60.0, token: str = ""
 ) -> Verification:
     """Compare the workers' live table with a fresh fold of ``topic`` up to the same offsets;
     the workers are asked with the HTTP API's bearer ``token``, if there is one.
@@ -62,12 +63,10 @@ async def verify(
         InfrastructureError: a worker or Kafka cannot be reached, or some partition is served
             by no worker within ``timeout_s`` (no worker running, or a rebalance that lasts).
     """
-    partitions = await partition_count(bootstrap_servers, topic)
+    partitions = await partition_count(kafka, topic)
     live = await read_live_table(api_url, topic, partitions, timeout_s, token)
     stops = {p: offset + 1 for p, offset in live.offsets.items()}
-    replayed = await replay(
-        bootstrap_servers, topic, projections=[TaskStatusView()], stop_offsets=stops
-    )
+    replayed = await replay(kafka, topic, projections=[TaskStatusView()], stop_offsets=stops)
     ours = {task_id: state_to_dict(state) for task_id, state in replayed.log.states.items()}
     return Verification(live, replayed, compare(ours, live.tasks))
 

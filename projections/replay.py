@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from projections.audit import AuditView
@@ -56,6 +55,7 @@ from projections.status import TaskStatusView
 from schemas.records import event_of_record
 from streams.domain import TaskState
 from streams.errors import InfrastructureError
+from streams.kafka_clients import KafkaConnection, connection
 from streams.topics import TASK_EVENTS
 
 BATCH_RECORDS = 50_000
@@ -158,7 +158,7 @@ class ReplayResult:
 
 
 async def replay(
-    bootstrap_servers: str,
+    kafka: KafkaConnection | str,
     topic: str = TASK_EVENTS,
     until_ms: int | None = None,
     projections: Sequence[Projection] | None = None,
@@ -172,7 +172,7 @@ async def replay(
     """Fold ``topic`` from the beginning and feed ``projections``; return what was built.
 
     Args:
-        bootstrap_servers: Kafka's ``host:port[,...]``.
+        kafka: how to reach Kafka (a bare ``host:port[,...]`` is PLAINTEXT).
         topic: the event log (``task.events``, with the orchestrator's topic prefix if any).
         until_ms: stop at this instant (Unix ms, inclusive): the state as it was then.
         projections: the views to feed (default: one of each, see :data:`PROJECTIONS`).
@@ -197,16 +197,16 @@ async def replay(
     """
     views = list(projections) if projections is not None else [f() for f in PROJECTIONS.values()]
     wanted = frozenset(k.encode("utf-8") for k in keys) if keys is not None else None
-    consumer = _consumer(bootstrap_servers)
+    consumer = _consumer(kafka)
     try:
-        count = await partition_count(bootstrap_servers, topic)
+        count = await partition_count(kafka, topic)
         await consumer.start()
         ranges = await _ranges(consumer, topic, count, until_ms, stop_offsets)
         shares = _shares(ranges, _processes(processes, ranges, views, wanted))
         if len(shares) > 1:
             await consumer.stop()
             folded = await _fold_in_processes(
-                bootstrap_servers, topic, count, shares, views, on_progress, batch_records
+                kafka, topic, count, shares, views, on_progress, batch_records
             )
         else:
             reader = _Reader(consumer, topic, ranges, views, wanted, on_progress, count)
@@ -214,7 +214,8 @@ async def replay(
             folded = _Folded(reader.log, reader.records, reader.elapsed_s)
     except KafkaError as exc:
         raise InfrastructureError(
-            f"cannot replay {topic} from Kafka at {bootstrap_servers}: {exc}", retriable=True
+            f"cannot replay {topic} from Kafka at {connection(kafka).describe()}: {exc}",
+            retriable=True,
         ) from exc
     finally:
         await consumer.stop()
@@ -230,10 +231,9 @@ async def replay(
     )
 
 
-def _consumer(bootstrap_servers: str) -> AIOKafkaConsumer:
+def _consumer(kafka: KafkaConnection | str) -> AIOKafkaConsumer:
     """A consumer with no group, reading ``read_committed`` in large fetches."""
-    return AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
+    return connection(kafka).consumer(
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed",
@@ -244,13 +244,13 @@ def _consumer(bootstrap_servers: str) -> AIOKafkaConsumer:
     )
 
 
-async def partition_count(bootstrap_servers: str, topic: str) -> int:
+async def partition_count(kafka: KafkaConnection | str, topic: str) -> int:
     """The number of partitions of ``topic``.
 
     Raises:
         InfrastructureError: the topic does not exist.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=15_000)
+    admin = connection(kafka).admin(request_timeout_ms=15_000)
     try:
         await admin.start()
         described = await admin.describe_topics([topic])
@@ -480,7 +480,7 @@ class _LastApplied:
 
 
 async def _fold_in_processes(
-    bootstrap_servers: str,
+    kafka: KafkaConnection | str,
     topic: str,
     partitions: int,
     shares: list[dict[int, PartitionRange]],
@@ -517,7 +517,7 @@ async def _fold_in_processes(
         requests = [
             {
                 "path": list(sys.path),
-                "bootstrap_servers": bootstrap_servers,
+                "kafka": connection(kafka),
                 "topic": topic,
                 "partitions": partitions,
                 "ranges": {p: (r.start, r.stop) for p, r in share.items()},
@@ -638,10 +638,10 @@ def _worker_main(request: dict[str, Any]) -> None:
 
 
 async def _worker(request: dict[str, Any], send: Callable[[bytes, bytes], None]) -> tuple[Any, ...]:
-    bootstrap_servers, topic = request["bootstrap_servers"], request["topic"]
+    kafka, topic = request["kafka"], request["topic"]
     ranges = {p: PartitionRange(start, stop) for p, (start, stop) in request["ranges"].items()}
     last = _LastApplied()
-    consumer = _consumer(bootstrap_servers)
+    consumer = _consumer(kafka)
     try:
         await consumer.start()
         reader = _Reader(
@@ -656,7 +656,8 @@ async def _worker(request: dict[str, Any], send: Callable[[bytes, bytes], None])
         await reader.run(request["batch_records"])
     except KafkaError as exc:
         raise InfrastructureError(
-            f"cannot replay {topic} from Kafka at {bootstrap_servers}: {exc}", retriable=True
+            f"cannot replay {topic} from Kafka at {connection(kafka).describe()}: {exc}",
+            retriable=True,
         ) from exc
     finally:
         await consumer.stop()

@@ -121,7 +121,7 @@ class Runtime:
     """The plain producer for records written outside any event (timers, ticks, executors)."""
 
     def __post_init__(self) -> None:
-        self.producer = SharedProducer(self.settings.bootstrap_servers)
+        self.producer = SharedProducer(self.settings.kafka)
 
     def raw_topic(self, name: str) -> TopicT:
         """A topic of raw bytes keys and values (every codec is applied by hand)."""
@@ -148,6 +148,8 @@ def create_app(settings: Settings) -> faust.App:
     app = faust.App(
         settings.orchestrator_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
+        # the same login as every other client of the worker (streams.kafka_clients)
+        broker_credentials=settings.kafka.faust_credentials(),
         store="rocksdb://",
         # the fold and the scheduler commit their own transactions; faust only keeps the
         # group, routes reads and serves HTTP

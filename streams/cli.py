@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -302,7 +303,15 @@ def _settings(args: argparse.Namespace) -> Any:
         )
         if value is not None
     }
-    return load_settings(file=args.config, overrides=overrides)
+    settings = load_settings(file=args.config, overrides=overrides)
+    if settings.kafka.security_protocol != "PLAINTEXT" and args.handler is not _worker:
+        # a refused login: one clear line (the worker, and a client started inside a running
+        # loop, check it themselves)
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop()
+            return settings
+        asyncio.run(settings.kafka.check_login())
+    return settings
 
 
 def _kafka_up(args: argparse.Namespace) -> int:
@@ -636,9 +645,7 @@ def _replay(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     until = _instant(args.until)
-    return replay_command(
-        settings.bootstrap_servers, settings.topics.events, until, args.projection, args.out
-    )
+    return replay_command(settings.kafka, settings.topics.events, until, args.projection, args.out)
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -649,7 +656,7 @@ def _audit(args: argparse.Namespace) -> int:
     until = _instant(args.until)
     changes = asyncio.run(read_changes(settings))  # the settings in force during its life
     return audit_command(
-        settings.bootstrap_servers, settings.topics.events, args.task_id, until, args.json, changes
+        settings.kafka, settings.topics.events, args.task_id, until, args.json, changes
     )
 
 
@@ -659,7 +666,7 @@ def _verify(args: argparse.Namespace) -> int:
     settings = _settings(args)
     events = settings.topics.events
     return verify_command(
-        settings.bootstrap_servers,
+        settings.kafka,
         events,
         settings.api_url,
         args.timeout,

@@ -152,8 +152,8 @@ class TaskManager:
             return
         servers = self.settings.bootstrap_servers
         async with _deadline(self.settings, "start", f"Kafka at {servers} did not answer"):
-            producer = AIOKafkaProducer(
-                bootstrap_servers=servers,
+            await self.settings.kafka.check_login()  # a refused login: one clear error
+            producer = self.settings.kafka.producer(
                 enable_idempotence=True,
                 acks="all",
                 max_request_size=2_000_000,

@@ -26,6 +26,7 @@ from streams.domain.config_events import ANY, KEYS, POLICY_KEYS, RATE_LIMITS
 from streams.domain.events import MAX_RATE_LIMITED
 from streams.domain.limits import PlatformLimits, RateLimit
 from streams.errors import ConfigurationError
+from streams.kafka_clients import MECHANISMS, PROTOCOLS, KafkaConnection
 from streams.topics import TopicNames
 
 ENV_PREFIX = "ORCHESTRATOR_"
@@ -42,6 +43,28 @@ class Settings:
     topic_prefix: str = ""
     """Prefix of every project topic name (letters, digits, ``.``, ``_``, ``-``), so several
     orchestrators can share one Kafka cluster."""
+    security_protocol: str = "PLAINTEXT"
+    """How every Kafka client of the project connects: ``PLAINTEXT``, ``SSL``,
+    ``SASL_PLAINTEXT`` or ``SASL_SSL``. Env: ``ORCHESTRATOR_SECURITY_PROTOCOL``."""
+    sasl_mechanism: str = ""
+    """``PLAIN``, ``SCRAM-SHA-256`` or ``SCRAM-SHA-512``: required with the SASL protocols.
+    Env: ``ORCHESTRATOR_SASL_MECHANISM``."""
+    sasl_username: str = ""
+    """The SASL principal's name. Env: ``ORCHESTRATOR_SASL_USERNAME``."""
+    sasl_password: str = field(default="", repr=False)
+    """The SASL principal's password: never logged, printed or shown in a repr or an error.
+    Env: ``ORCHESTRATOR_SASL_PASSWORD`` (or use ``sasl_password_file``)."""
+    sasl_password_file: str = ""
+    """A file holding ``sasl_password`` (one trailing newline is stripped), read at start-up;
+    not both. Env: ``ORCHESTRATOR_SASL_PASSWORD_FILE``."""
+    ssl_cafile: str = ""
+    """PEM file of the certificate authorities that sign the brokers' certificates (``SSL`` and
+    ``SASL_SSL``; empty: the system's). Env: ``ORCHESTRATOR_SSL_CAFILE``."""
+    ssl_certfile: str = ""
+    """PEM client certificate, for brokers that require mutual TLS (with ``ssl_keyfile``).
+    Env: ``ORCHESTRATOR_SSL_CERTFILE``."""
+    ssl_keyfile: str = ""
+    """PEM private key of ``ssl_certfile`` (unencrypted). Env: ``ORCHESTRATOR_SSL_KEYFILE``."""
     partitions: int = 8
     """Partitions of every project topic (all equal, so tables stay co-partitioned)."""
     replication_factor: int = 1
@@ -132,7 +155,24 @@ class Settings:
     def __repr__(self) -> str:
         # the dataclass repr already leaves api_token out; say whether one is set
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
-        return f"Settings({shown}, api_token={'<set>' if self.api_token else '<unset>'})"
+        secrets = ", ".join(
+            f"{name}={'<set>' if getattr(self, name) else '<unset>'}" for name in sorted(_SECRETS)
+        )
+        return f"Settings({shown}, {secrets})"
+
+    @property
+    def kafka(self) -> KafkaConnection:
+        """How this worker or client reaches Kafka: every Kafka client is built from it."""
+        return KafkaConnection(
+            bootstrap_servers=self.bootstrap_servers,
+            security_protocol=self.security_protocol,
+            sasl_mechanism=self.sasl_mechanism,
+            sasl_username=self.sasl_username,
+            sasl_password=self.sasl_password,
+            ssl_cafile=self.ssl_cafile,
+            ssl_certfile=self.ssl_certfile,
+            ssl_keyfile=self.ssl_keyfile,
+        )
 
     @property
     def canonical_url(self) -> str:
@@ -298,6 +338,7 @@ def _build(values: dict[str, Any]) -> Settings:
             raise ConfigurationError(f"{key} must be a string")  # the value stays unsaid
         converted[key] = _convert(key, value, _FIELD_TYPES[key])
     _resolve_token(converted)
+    _resolve_kafka_security(converted)
     prefix = converted.get("topic_prefix", "")
     if not re.fullmatch(r"[A-Za-z0-9._-]*", prefix):
         raise ConfigurationError(
@@ -342,7 +383,7 @@ def _build(values: dict[str, Any]) -> Settings:
     return Settings(**converted)
 
 
-_SECRETS = {"api_token"}
+_SECRETS = {"api_token", "sasl_password"}
 """Settings whose value no error message, log line or repr may show."""
 
 
@@ -360,21 +401,69 @@ def _resolve_token(converted: dict[str, Any]) -> None:
         )
 
 
-def read_token_file(path: Path) -> str:
-    """The token ``path`` holds, its trailing newline stripped.
+def read_token_file(path: Path, key: str = "api_token_file", what: str = "token") -> str:
+    """The token (or password) ``path`` holds, its trailing newline stripped.
 
     Raises:
-        ConfigurationError: the file cannot be read or holds no token; the message names the
-            file, never its content.
+        ConfigurationError: the file cannot be read or holds nothing; the message names the
+            key and the file, never its content.
     """
     try:
         token = path.read_text(encoding="utf-8").rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
-        raise ConfigurationError(f"api_token_file: cannot read {path}: {reason}") from None
+        raise ConfigurationError(f"{key}: cannot read {path}: {reason}") from None
     if not token:
-        raise ConfigurationError(f"api_token_file: {path} holds no token (it is empty)")
+        raise ConfigurationError(f"{key}: {path} holds no {what} (it is empty)")
     return token
+
+
+def _resolve_kafka_security(converted: dict[str, Any]) -> None:
+    """Read ``sasl_password_file`` and check the Kafka security settings fit together (every
+    message names the key, never the password)."""
+    path = converted.get("sasl_password_file", "")
+    if path:
+        if converted.get("sasl_password"):
+            raise ConfigurationError("set sasl_password or sasl_password_file, not both")
+        converted["sasl_password"] = read_token_file(
+            Path(path), key="sasl_password_file", what="password"
+        )
+    protocol = converted.setdefault("security_protocol", "PLAINTEXT").upper()
+    converted["security_protocol"] = protocol
+    if protocol not in PROTOCOLS:
+        raise ConfigurationError(
+            f"security_protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}"
+        )
+    mechanism = converted.get("sasl_mechanism", "").upper()
+    converted["sasl_mechanism"] = mechanism
+    if protocol.startswith("SASL_"):
+        if mechanism not in MECHANISMS:
+            raise ConfigurationError(
+                f"security_protocol {protocol} needs sasl_mechanism, one of "
+                f"{', '.join(MECHANISMS)}; got {mechanism or 'none'}"
+            )
+        if not converted.get("sasl_username") or not converted.get("sasl_password"):
+            raise ConfigurationError(
+                f"security_protocol {protocol} needs sasl_username and sasl_password (or "
+                "sasl_password_file, or ORCHESTRATOR_SASL_PASSWORD)"
+            )
+    elif mechanism or converted.get("sasl_username") or converted.get("sasl_password"):
+        raise ConfigurationError(
+            f"sasl_mechanism, sasl_username and sasl_password need a SASL security_protocol "
+            f"(SASL_PLAINTEXT or SASL_SSL), not {protocol}"
+        )
+    files = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+    if protocol not in ("SSL", "SASL_SSL") and any(converted.get(key) for key in files):
+        raise ConfigurationError(
+            f"ssl_cafile, ssl_certfile and ssl_keyfile need a TLS security_protocol "
+            f"(SSL or SASL_SSL), not {protocol}"
+        )
+    if bool(converted.get("ssl_certfile")) != bool(converted.get("ssl_keyfile")):
+        raise ConfigurationError("set ssl_certfile and ssl_keyfile together (mutual TLS)")
+    for key in files:
+        name = converted.get(key)
+        if name and not os.access(name, os.R_OK):
+            raise ConfigurationError(f"{key}: cannot read {name}")
 
 
 def _check_servers(servers: str) -> None:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from schemas.records import decode_config, encode_config
@@ -52,8 +52,7 @@ async def write_changes(settings: Settings, changes: Iterable[ConfigChange]) -> 
     Raises:
         InfrastructureError: Kafka refused or could not be reached.
     """
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
+    producer = settings.kafka.producer(
         enable_idempotence=True,
         acks="all",
         partitioner=partitioner,  # by platform, as the schedulers' partitions
@@ -174,8 +173,7 @@ class ConfigFollower:
 
 
 def _consumer(settings: Settings) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+    return settings.kafka.consumer(
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

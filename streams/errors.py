@@ -83,6 +83,12 @@ class LocalBrokerError(InfrastructureError):
     """The local Kafka broker (``orchestrator kafka``) could not be fetched, started or stopped."""
 
 
+class KafkaLoginError(InfrastructureError):
+    """Kafka refused this client's login (SASL credentials or mechanism) or its TLS handshake.
+    Not retried: the configuration must change. The message names the server, the protocol,
+    the mechanism and the principal, never the password."""
+
+
 class TaskNotFoundError(OrchestratorError, LookupError):
     """No task with that id is known to the worker that owns it."""
 

@@ -31,11 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import TopicPartition
+from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from streams.errors import LocalBrokerError
+from streams.kafka_clients import KafkaConnection
 
 KAFKA_VERSION = "4.1.1"
 SCALA_VERSION = "2.13"
@@ -367,7 +368,7 @@ async def _round_trip(bootstrap_servers: str) -> None:
     _reader, writer = await asyncio.open_connection(host, int(port))  # no client noise before
     writer.close()
     await writer.wait_closed()
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=5000)
+    admin = KafkaConnection(bootstrap_servers).admin(request_timeout_ms=5000)
     try:
         await admin.start()
         if HEALTHCHECK_TOPIC not in await admin.list_topics():
@@ -379,14 +380,14 @@ async def _round_trip(bootstrap_servers: str) -> None:
     finally:
         await admin.close()
     value = uuid.uuid4().bytes
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all")
+    producer = KafkaConnection(bootstrap_servers).producer(acks="all")
     try:
         await producer.start()
         sent = await producer.send_and_wait(HEALTHCHECK_TOPIC, value, partition=0)
     finally:
         await producer.stop()
     partition = TopicPartition(HEALTHCHECK_TOPIC, 0)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    consumer = KafkaConnection(bootstrap_servers).consumer(enable_auto_commit=False)
     try:
         await consumer.start()
         consumer.assign([partition])

@@ -52,7 +52,7 @@ async def check_own_groups(settings: Settings) -> None:
         fold_group(settings.orchestrator_id): {topics.events},
         scheduler_group(settings.orchestrator_id): {topics.ready, topics.signals, topics.config},
     }
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = settings.kafka.admin()
     try:
         await admin.start()
         for group, own in wanted.items():
@@ -68,7 +68,7 @@ async def check_own_groups(settings: Settings) -> None:
                 )
     except KafkaError as exc:
         raise InfrastructureError(
-            f"cannot read the consumer groups at {settings.bootstrap_servers}: {exc}",
+            f"cannot read the consumer groups at {settings.kafka.describe()}: {exc}",
             retriable=True,
         ) from exc
     finally:

@@ -11,14 +11,15 @@ import asyncio
 
 from aiokafka import AIOKafkaProducer
 
+from streams.kafka_clients import KafkaConnection
 from streams.partitions import partitioner
 
 
 class SharedProducer:
     """An idempotent ``acks=all`` producer, started once on first use."""
 
-    def __init__(self, bootstrap_servers: str) -> None:
-        self._bootstrap_servers = bootstrap_servers
+    def __init__(self, kafka: KafkaConnection) -> None:
+        self._kafka = kafka
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
 
@@ -26,8 +27,7 @@ class SharedProducer:
         """The started producer."""
         async with self._lock:
             if self._producer is None:
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self._bootstrap_servers,
+                producer = self._kafka.producer(
                     enable_idempotence=True,
                     acks="all",
                     max_request_size=2_000_000,

@@ -9,8 +9,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
-
 from schemas.records import (
     decode_completed,
     decode_dispatch,
@@ -44,9 +42,8 @@ async def tail(
     if topic not in decoders:
         raise ConfigurationError(f"unknown topic {topic!r}: one of {', '.join(sorted(decoders))}")
     decode = decoders[topic]
-    consumer = AIOKafkaConsumer(
+    consumer = settings.kafka.consumer(
         topic,
-        bootstrap_servers=settings.bootstrap_servers,
         auto_offset_reset="earliest" if from_beginning else "latest",
         isolation_level="read_committed",
         enable_auto_commit=False,

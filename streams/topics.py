@@ -15,6 +15,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from streams.domain.bounds import EVENT_RECORD_MAX_BYTES, LARGE_RECORD_MAX_BYTES
 from streams.errors import InfrastructureError
+from streams.kafka_clients import KafkaConnection, connection
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def scheduler_changelog(app_id: str) -> str:
 
 
 async def ensure_topics(
-    bootstrap_servers: str,
+    kafka: KafkaConnection | str,
     partitions: int,
     names: TopicNames | None = None,
     replication: int = 1,
@@ -176,7 +177,7 @@ async def ensure_topics(
         }
         specs.append(TopicSpec(tasks_changelog(app_id), changelog_config))
         specs.append(TopicSpec(scheduler_changelog(app_id), changelog_config))
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=15_000)
+    admin = connection(kafka).admin(request_timeout_ms=15_000)
     try:
         await admin.start()
         existing = await _partition_counts(admin, [spec.name for spec in specs])
@@ -200,7 +201,7 @@ async def ensure_topics(
         return created
     except KafkaError as exc:
         raise InfrastructureError(
-            f"cannot reach Kafka at {bootstrap_servers}: {exc}", retriable=True
+            f"cannot reach Kafka at {connection(kafka).describe()}: {exc}", retriable=True
         ) from exc
     finally:
         await admin.close()

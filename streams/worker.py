@@ -52,9 +52,10 @@ def run_worker(settings: Settings, loglevel: str = "info", config_file: Path | N
     logs.configure(settings.log_format)
     loop = asyncio.new_event_loop()
     try:
+        loop.run_until_complete(settings.kafka.check_login())  # a refused login: one clear line
         loop.run_until_complete(
             ensure_topics(
-                settings.bootstrap_servers,
+                settings.kafka,
                 settings.partitions,
                 settings.topics,
                 settings.replication_factor,
@@ -144,7 +145,7 @@ def start_line(settings: Settings, handler_modules: list[str]) -> tuple[str, dic
     # whether a token is required, never the token
     http += ", bearer token required" if settings.api_token else ", no token"
     fields = {
-        "brokers": settings.bootstrap_servers,
+        "brokers": settings.kafka.describe(),
         "app_id": settings.app_id,
         "prefix": settings.topic_prefix,
         "events": settings.topics.events,

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import RecordMetadata
 
 from schemas.records import (
@@ -759,7 +758,7 @@ class SchedulerService(AssignedPartitions):
         """
         settings = self.runtime.settings
         app_id = settings.orchestrator_id
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+        admin = settings.kafka.admin()
         await admin.start()
         try:
             offsets = await admin.list_consumer_group_offsets(app_id)

@@ -64,8 +64,7 @@ def transactional_producer(
     settings: Settings, transactional_id: str, linger_ms: int
 ) -> AIOKafkaProducer:
     """A producer for one partition's transactions (not started)."""
-    return AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
+    return settings.kafka.producer(
         transactional_id=transactional_id,
         linger_ms=linger_ms,
         # above every topic's limit: the broker refuses an oversize record, and the caller
@@ -107,8 +106,7 @@ async def start_fencing(
 
 def committed_reader(settings: Settings, group_id: str | None = None) -> AIOKafkaConsumer:
     """A ``read_committed`` consumer that commits nothing by itself (not started)."""
-    return AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+    return settings.kafka.consumer(
         group_id=group_id,
         enable_auto_commit=False,
         isolation_level="read_committed",

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -29,6 +28,7 @@ from streams.client import SmartScheduler
 from streams.demo.view import LiveView, percentiles
 from streams.domain import Status
 from streams.errors import OrchestratorError
+from streams.kafka_clients import KafkaConnection
 from streams.process import WorkerProcess, free_port, start_worker
 from streams.topics import TopicNames
 
@@ -152,9 +152,8 @@ async def _submit_profile(
 
 
 async def _follow(bootstrap_servers: str, topic: str, view: LiveView) -> None:
-    consumer = AIOKafkaConsumer(
+    consumer = KafkaConnection(bootstrap_servers).consumer(
         topic,
-        bootstrap_servers=bootstrap_servers,
         isolation_level="read_committed",
         auto_offset_reset="earliest",
         group_id=None,
