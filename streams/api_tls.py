@@ -11,11 +11,14 @@ needs one with or without TLS.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
+from aiohttp import web
 
 from streams.errors import ConfigurationError, UntrustedCertificateError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class _EncryptedKeyError(Exception):
@@ -95,3 +98,16 @@ def untrusted(url: str, exc: aiohttp.ClientConnectorCertificateError) -> Untrust
     not trust (not retried: only a configuration change helps)."""
     cause = exc.certificate_error
     return UntrustedCertificateError(url, getattr(cause, "verify_message", None) or str(cause))
+
+
+@web.middleware
+async def refuse_untrusted_peers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer 502 with why, instead of aiohttp's bare 500, when this worker could not verify
+    the certificate of the worker it forwarded a read to (faust's router raises it): the
+    caller's error then says which worker's ``api_cafile`` to fix, at once."""
+    try:
+        return await handler(request)
+    except aiohttp.ClientConnectorCertificateError as exc:
+        peer = f"https://{exc.host}:{exc.port}"
+        detail = f"this worker could not forward the request: {untrusted(peer, exc)}"
+        return web.json_response({"error": "bad_gateway", "detail": detail}, status=502)

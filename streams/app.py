@@ -143,9 +143,8 @@ def _raw_topic(app: faust.App, name: str, partitions: int) -> TopicT:
 def create_app(settings: Settings) -> faust.App:
     """The Faust app of a worker: RocksDB tables, exactly-once, web server on ``web_host``
     (HTTPS with ``web_certfile``)."""
-    web_options = (
-        {"middlewares": [auth.middleware(settings.api_token)]} if settings.api_token else {}
-    )
+    token_check = [auth.middleware(settings.api_token)] if settings.api_token else []
+    web_options = {"middlewares": [*token_check, api_tls.refuse_untrusted_peers]}
     app = faust.App(
         settings.orchestrator_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],

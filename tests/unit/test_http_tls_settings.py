@@ -1,5 +1,6 @@
 """The HTTP API's TLS settings: web_certfile and web_keyfile (the worker serves HTTPS),
-api_cafile (what callers trust), and how they are checked when the settings are loaded."""
+api_cafile (what callers trust), and how they are checked when the settings are loaded; and a
+worker's answer when it cannot verify the peer it forwards a read to."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import dataclasses
 import re
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
+from streams import api_tls
 from streams.auth import check_can_serve
 from streams.config import load_settings
 from streams.errors import ConfigurationError
@@ -129,3 +134,42 @@ def test_the_start_line_says_https(server: ServerFiles) -> None:
     assert (message % fields).count("HTTP https://127.0.0.1:7443") == 1
     key_text = server.keyfile.read_text()
     assert key_text not in repr(settings) and key_text not in message % fields
+
+
+async def test_a_request_a_worker_cannot_forward_to_an_untrusted_peer_answers_502(
+    server: ServerFiles,
+) -> None:
+    # a real HTTPS peer whose CA the forwarding side does not trust (the system's store)
+    async def owner(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"task_id": "t1"})
+
+    peer = web.Application()
+    peer.router.add_get("/tasks/t1", owner)
+    peer_runner = web.AppRunner(peer)
+    await peer_runner.setup()
+    context = api_tls.server_context(str(server.certfile), str(server.keyfile))
+    await web.TCPSite(peer_runner, "127.0.0.1", 0, ssl_context=context).start()
+    peer_url = f"https://127.0.0.1:{peer_runner.addresses[0][1]}"
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        async with (
+            aiohttp.ClientSession(connector=api_tls.connector("")) as http,
+            http.get(f"{peer_url}/tasks/t1") as response,
+        ):
+            return web.json_response(await response.json())
+
+    forwarder = web.Application(middlewares=[api_tls.refuse_untrusted_peers])
+    forwarder.router.add_get("/tasks/t1", forward)
+    try:
+        async with TestClient(TestServer(forwarder)) as client:
+            response = await client.get("/tasks/t1")
+            assert response.status == 502
+            document = await response.json()
+        assert document["error"] == "bad_gateway"
+        assert document["detail"].startswith(
+            f"this worker could not forward the request: certificate verify failed for the"
+            f" worker at {peer_url}: "
+        )
+        assert "api_cafile" in document["detail"]
+    finally:
+        await peer_runner.cleanup()
