@@ -236,10 +236,12 @@ def verify_command(
     timeout_s: float,
     as_json: bool,
     token: str = "",
+    cafile: str = "",
 ) -> int:
     """``orchestrator verify``: 0 if the live table is the log's fold, 1 (and each difference)
-    if not. The workers are asked with the HTTP API's bearer ``token``, if there is one."""
-    checked = asyncio.run(verify(kafka, topic, api_url, timeout_s, token))
+    if not. The workers are asked with the HTTP API's bearer ``token``, if there is one, and
+    an ``https://`` worker is trusted with the CA bundle ``cafile`` (``api_cafile``)."""
+    checked = asyncio.run(verify(kafka, topic, api_url, timeout_s, token, cafile))
     differences = checked.differences
     offsets = ", ".join(f"{p}:{o}" for p, o in sorted(checked.live.offsets.items()))
     if as_json:

@@ -20,6 +20,7 @@ import aiohttp
 from projections.replay import ReplayResult, partition_count, replay
 from projections.status import TaskStatusView
 from projections.verify import Difference, compare
+from streams import api_tls
 from streams.auth import authorization
 from streams.domain import state_to_dict
 from streams.errors import InfrastructureError, UnauthorizedError
@@ -53,18 +54,26 @@ class Verification:
 
 
 async def verify(
-    kafka: KafkaConnection | str, topic: str, api_url: str, timeout_s: float = 60.0, token: str = ""
+    kafka: KafkaConnection | str,
+    topic: str,
+    api_url: str,
+    timeout_s: float = 60.0,
+    token: str = "",
+    cafile: str = "",
 ) -> Verification:
     """Compare the workers' live table with a fresh fold of ``topic`` up to the same offsets;
-    the workers are asked with the HTTP API's bearer ``token``, if there is one.
+    the workers are asked with the HTTP API's bearer ``token``, if there is one, and an
+    ``https://`` worker's certificate is verified with the CA bundle ``cafile`` (empty: the
+    system's store).
 
     Raises:
         UnauthorizedError: a worker refused the token (or its lack).
+        UntrustedCertificateError: a worker's certificate failed verification.
         InfrastructureError: a worker or Kafka cannot be reached, or some partition is served
             by no worker within ``timeout_s`` (no worker running, or a rebalance that lasts).
     """
     partitions = await partition_count(kafka, topic)
-    live = await read_live_table(api_url, topic, partitions, timeout_s, token)
+    live = await read_live_table(api_url, topic, partitions, timeout_s, token, cafile)
     stops = {p: offset + 1 for p, offset in live.offsets.items()}
     replayed = await replay(kafka, topic, projections=[TaskStatusView()], stop_offsets=stops)
     ours = {task_id: state_to_dict(state) for task_id, state in replayed.log.states.items()}
@@ -72,17 +81,27 @@ async def verify(
 
 
 async def read_live_table(
-    api_url: str, topic: str, partitions: int, timeout_s: float = 60.0, token: str = ""
+    api_url: str,
+    topic: str,
+    partitions: int,
+    timeout_s: float = 60.0,
+    token: str = "",
+    cafile: str = "",
 ) -> LiveTable:
-    """Every worker's part of the ``tasks`` table, once the workers cover all ``partitions``.
+    """Every worker's part of the ``tasks`` table, once the workers cover all ``partitions``
+    (``token`` and ``cafile`` as :func:`verify` takes them).
 
     Raises:
+        UnauthorizedError, UntrustedCertificateError: as :func:`verify` raises them.
         InfrastructureError: no complete answer within ``timeout_s``; the message says what
             was missing.
     """
     deadline = time.monotonic() + timeout_s
     timeout = aiohttp.ClientTimeout(total=max(timeout_s, 1.0))
-    async with aiohttp.ClientSession(timeout=timeout, headers=authorization(token)) as http:
+    headers = authorization(token)
+    async with aiohttp.ClientSession(
+        timeout=timeout, headers=headers, connector=api_tls.connector(cafile)
+    ) as http:
         while True:
             table, problem = await _read_once(http, api_url, topic, partitions)
             if table is not None:
@@ -132,8 +151,11 @@ async def _workers(http: aiohttp.ClientSession, api_url: str, topic: str) -> lis
 
 
 async def _get(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, Any]]:
-    async with http.get(url) as response:
-        if response.status == 401:  # not retried: the token must change
-            raise UnauthorizedError(url, "Authorization" in http.headers)
-        document: dict[str, Any] = await response.json(content_type=None)
-        return response.status, document
+    try:
+        async with http.get(url) as response:
+            if response.status == 401:  # not retried: the token must change
+                raise UnauthorizedError(url, "Authorization" in http.headers)
+            document: dict[str, Any] = await response.json(content_type=None)
+            return response.status, document
+    except aiohttp.ClientConnectorCertificateError as exc:  # not retried: api_cafile must change
+        raise api_tls.untrusted(url, exc) from exc

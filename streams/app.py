@@ -14,7 +14,7 @@ from pathlib import Path
 import faust
 from faust.types import TopicT
 
-from streams import auth, placement
+from streams import api_tls, auth, placement
 from streams.config import Settings
 from streams.domain.timers import DeadlineIndex
 from streams.metrics import Metrics
@@ -141,10 +141,10 @@ def _raw_topic(app: faust.App, name: str, partitions: int) -> TopicT:
 
 
 def create_app(settings: Settings) -> faust.App:
-    """The Faust app of a worker: RocksDB tables, exactly-once, web server on ``web_host``."""
-    web_options = (
-        {"middlewares": [auth.middleware(settings.api_token)]} if settings.api_token else {}
-    )
+    """The Faust app of a worker: RocksDB tables, exactly-once, web server on ``web_host``
+    (HTTPS with ``web_certfile``)."""
+    token_check = [auth.middleware(settings.api_token)] if settings.api_token else []
+    web_options = {"middlewares": [*token_check, api_tls.refuse_untrusted_peers]}
     app = faust.App(
         settings.orchestrator_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
@@ -165,6 +165,12 @@ def create_app(settings: Settings) -> faust.App:
         # other workers route reads and fan-out views here (faust's assignment carries it)
         canonical_url=settings.canonical_url,
         web_application_options=web_options,
+        # HTTPS with web_certfile and web_keyfile (None: plain HTTP)
+        web_ssl_context=api_tls.server_context(settings.web_certfile, settings.web_keyfile),
+        # app.http_client: faust's router forwarding a read to a task's owner (it keeps the
+        # request's scheme, so https between TLS workers), and a worker asking the others;
+        # both verify the other worker's certificate with api_cafile
+        HttpClient=api_tls.http_client_factory(settings.api_cafile),
         web_tables_enabled=False,
         web_graph_enabled=False,
         web_stats_enabled=False,

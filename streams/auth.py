@@ -4,7 +4,8 @@ With ``api_token`` set, every request needs ``Authorization: Bearer <token>`` ex
 :data:`OPEN_ROUTES`: ``GET /health`` and ``GET /metrics`` (probes and Prometheus scrape without
 secrets) and the dashboard's static files (the page and its scripts: code, no data; every
 read the page makes carries the token). A worker listening on any address but a loopback one
-must have a token (:func:`check_can_serve`).
+must have a token (:func:`check_can_serve`), whether or not it serves TLS
+(:mod:`streams.api_tls`): TLS encrypts the requests, the token says who may make them.
 
 The token is compared in constant time and never logged, echoed or put in an error.
 """

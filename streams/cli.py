@@ -672,6 +672,7 @@ def _verify(args: argparse.Namespace) -> int:
         args.timeout,
         args.json,
         settings.api_token,
+        settings.api_cafile,
     )
 
 

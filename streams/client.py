@@ -37,7 +37,7 @@ from aiokafka.errors import KafkaError
 
 from schemas import encode_event
 from schemas.records import encode_signal
-from streams import schedules
+from streams import api_tls, schedules
 from streams.auth import authorization as auth_headers
 from streams.config import Settings, load_settings, policy_keys_given, setting_value
 from streams.config_log import ConfigFollower
@@ -174,6 +174,7 @@ class TaskManager:
         self._http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self._read_wait_s() + 5),
             headers=auth_headers(self.settings.api_token),
+            connector=api_tls.connector(self.settings.api_cafile),  # https: trust api_cafile
         )
 
     async def close(self) -> None:
@@ -408,6 +409,8 @@ class TaskManager:
                 return await schedules.list_definitions(
                     self._http, url, self.settings.topics.events
                 )
+            except aiohttp.ClientConnectorCertificateError as exc:
+                raise api_tls.untrusted(url, exc) from exc
             except (aiohttp.ClientError, ValueError) as exc:
                 raise InfrastructureError(f"list_periodic: {exc}", retriable=True) from exc
 
@@ -939,6 +942,8 @@ class TaskManager:
                 async with self._http.get(url, params=params) as response:
                     document: Any = await response.json(content_type=None)
                     status = response.status
+            except aiohttp.ClientConnectorCertificateError as exc:
+                raise api_tls.untrusted(url, exc) from exc  # waiting cannot help
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 problem: Exception | None = exc
             else:

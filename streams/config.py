@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from streams import api_tls
 from streams.domain.bounds import MAX_ATTEMPTS, MAX_POLICY_MS
 from streams.domain.config_events import ANY, KEYS, POLICY_KEYS, RATE_LIMITS
 from streams.domain.events import MAX_RATE_LIMITED
@@ -100,6 +101,16 @@ class Settings:
     routed reads and fan-out views go there). Empty: ``http://{web_host}:{web_port}``; a
     worker binding a wildcard address (``0.0.0.0``, ``::``) must set it, as no other worker can
     reach a wildcard. Env: ``ORCHESTRATOR_ADVERTISED_URL``."""
+    web_certfile: str = ""
+    """PEM certificate chain of the worker's HTTP server (its certificate first, then any
+    intermediates), with ``web_keyfile``: the worker then serves HTTPS only, and its
+    ``canonical_url`` is ``https://{web_host}:{web_port}`` (an ``advertised_url`` must be
+    ``https://``). The certificate must name the host other workers and clients reach it at.
+    TLS does not replace ``api_token``: a non-loopback ``web_host`` needs one all the same.
+    Env: ``ORCHESTRATOR_WEB_CERTFILE``."""
+    web_keyfile: str = ""
+    """PEM private key of ``web_certfile`` (unencrypted; keep it readable by the worker only).
+    Its content is never logged or shown. Env: ``ORCHESTRATOR_WEB_KEYFILE``."""
     api_token: str = field(default="", repr=False)
     """The bearer token of the HTTP API: when set, every route but ``GET /health`` and
     ``GET /metrics`` (and the dashboard's static files) answers 401 without
@@ -109,7 +120,13 @@ class Settings:
     """A file holding ``api_token`` (one trailing newline is stripped), read at start-up;
     not both. Env: ``ORCHESTRATOR_API_TOKEN_FILE``."""
     api_url: str = "http://127.0.0.1:6066"
-    """Where a client reads status and results: any worker's HTTP server."""
+    """Where a client reads status and results: any worker's HTTP server (``https://...`` when
+    the workers serve TLS)."""
+    api_cafile: str = ""
+    """PEM CA bundle that clients, the CLI and the workers themselves trust when they call a
+    worker's HTTP API over ``https://`` (empty: the system's store). A certificate it does not
+    verify is refused with ``UntrustedCertificateError``, never skipped.
+    Env: ``ORCHESTRATOR_API_CAFILE``."""
     read_timeout: float = 10.0
     """How long a client read waits for the worker to catch up with the client's own writes
     (at most ``request_timeout``, and at most 120 s, the worker's cap)."""
@@ -177,8 +194,14 @@ class Settings:
     @property
     def canonical_url(self) -> str:
         """Where other workers reach this one: ``advertised_url``, else built from
-        ``web_host`` and ``web_port``."""
-        return self.advertised_url or f"http://{self.web_host}:{self.web_port}"
+        ``web_host`` and ``web_port`` (``https`` when the worker serves TLS)."""
+        scheme = "https" if self.serves_https else "http"
+        return self.advertised_url or f"{scheme}://{self.web_host}:{self.web_port}"
+
+    @property
+    def serves_https(self) -> bool:
+        """Whether the worker's HTTP server serves TLS (``web_certfile`` and ``web_keyfile``)."""
+        return bool(self.web_certfile)
 
     @property
     def max_concurrent_tasks(self) -> int | None:
@@ -339,6 +362,7 @@ def _build(values: dict[str, Any]) -> Settings:
         converted[key] = _convert(key, value, _FIELD_TYPES[key])
     _resolve_token(converted)
     _resolve_kafka_security(converted)
+    _check_web_tls(converted)
     prefix = converted.get("topic_prefix", "")
     if not re.fullmatch(r"[A-Za-z0-9._-]*", prefix):
         raise ConfigurationError(
@@ -464,6 +488,25 @@ def _resolve_kafka_security(converted: dict[str, Any]) -> None:
         name = converted.get(key)
         if name and not os.access(name, os.R_OK):
             raise ConfigurationError(f"{key}: cannot read {name}")
+
+
+def _check_web_tls(converted: dict[str, Any]) -> None:
+    """Check the HTTP API's TLS files load (``web_certfile`` with ``web_keyfile``,
+    ``api_cafile``) and that a worker serving TLS advertises an ``https://`` URL."""
+    for key in ("web_certfile", "web_keyfile", "api_cafile"):
+        name = converted.get(key)
+        if name and not os.access(name, os.R_OK):
+            raise ConfigurationError(f"{key}: cannot read {name}")
+    api_tls.server_context(converted.get("web_certfile", ""), converted.get("web_keyfile", ""))
+    if converted.get("api_cafile"):
+        api_tls.client_context(converted["api_cafile"])
+    advertised = converted.get("advertised_url", "")
+    scheme = urllib.parse.urlsplit(advertised).scheme
+    if converted.get("web_certfile") and advertised and scheme != "https":
+        raise ConfigurationError(
+            f"advertised_url {advertised!r} must be an https:// URL: web_certfile and"
+            " web_keyfile make this worker serve HTTPS only"
+        )
 
 
 def _check_servers(servers: str) -> None:

@@ -29,6 +29,19 @@ class UnauthorizedError(ConfigurationError):
         self.url = url
 
 
+class UntrustedCertificateError(ConfigurationError):
+    """A worker's HTTPS certificate failed this caller's verification: ``api_cafile`` is not
+    the CA bundle that signed the workers' certificates (or the certificate does not name the
+    host of the URL). Not retried: the configuration must change. The message names the URL."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(
+            f"certificate verify failed for the worker at {url}: {reason} (set api_cafile, env"
+            " ORCHESTRATOR_API_CAFILE, to the CA bundle that signed the workers' certificates)"
+        )
+        self.url = url
+
+
 class ValidationError(OrchestratorError, ValueError):
     """A client call was given bad input; nothing was written."""
 

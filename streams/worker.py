@@ -139,7 +139,8 @@ class Worker(faust.Worker):
 def start_line(settings: Settings, handler_modules: list[str]) -> tuple[str, dict[str, Any]]:
     """The worker's first line: what it serves (its Kafka, application id, topics, handlers)
     and where (its HTTP API); as a format and its arguments, for ``log.info``."""
-    http = f"http://{settings.web_host}:{settings.web_port}"
+    scheme = "https" if settings.serves_https else "http"
+    http = f"{scheme}://{settings.web_host}:{settings.web_port}"
     if settings.advertised_url:
         http += f" (advertised as {settings.advertised_url})"
     # whether a token is required, never the token
