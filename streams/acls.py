@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
-from enum import Enum, IntEnum
+from enum import IntEnum
 
 from streams.topics import TOPICS, TopicNames, scheduler_changelog, tasks_changelog
 
@@ -59,14 +59,6 @@ class Operation(IntEnum):
     DESCRIBE_CONFIGS = 10
 
 
-class Role(Enum):
-    """What a principal is for."""
-
-    WORKER = "worker"
-    PRODUCER = "producer"
-    CONSUMER = "consumer"
-
-
 @dataclass(frozen=True)
 class Principals:
     """The Kafka principal of each role, ``User:<name>`` as the SASL username gives it."""
@@ -74,10 +66,6 @@ class Principals:
     worker: str = "User:worker"
     producer: str = "User:producer"
     consumer: str = "User:consumer"
-
-    def of(self, role: Role) -> str:
-        """The principal of ``role``."""
-        return {Role.WORKER: self.worker, Role.PRODUCER: self.producer}.get(role, self.consumer)
 
 
 @dataclass(frozen=True, order=True)
