@@ -97,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
         "--port", type=int, default=9092, help="client port on 127.0.0.1 (default 9092)"
     )
     up.add_argument("--data-dir", type=Path, default=None, help="log and state directory")
+    up.add_argument(
+        "--secure",
+        action="store_true",
+        help="SASL_SSL with SCRAM-SHA-512 users (admin, worker, producer, consumer) and ACLs; "
+        "prints where their config files are",
+    )
+    _acl_scope_options(up)
     up.set_defaults(handler=_kafka_up)
     status = kafka_commands.add_parser("status", help="say whether the local broker is up")
     status.add_argument("--data-dir", type=Path, default=None)
@@ -175,7 +182,47 @@ def _parser() -> argparse.ArgumentParser:
     tail.set_defaults(handler=_tail)
     _projection_commands(commands)
     _config_commands(commands)
+    _acl_commands(commands)
     return parser
+
+
+def _acl_scope_options(parser: argparse.ArgumentParser) -> None:
+    """Which orchestrator the ACLs are for (default: the settings' ``--config`` and env)."""
+    parser.add_argument("--app-id", help="the orchestrator's app_id (default: the settings')")
+    parser.add_argument("--topic-prefix", help="its topic_prefix (default: the settings')")
+    parser.add_argument(
+        "--consumer-group",
+        default=None,
+        help="the consumer principal's group (default: task-completed-consumer)",
+    )
+
+
+def _acl_commands(commands: Any) -> None:
+    acl = commands.add_parser(
+        "acl", help="the least-privilege ACLs of the worker, producer and consumer principals"
+    )
+    actions = acl.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = actions.add_parser(
+        "print",
+        help="print the kafka-acls.sh commands that grant them on a cluster of your own",
+        description=(
+            "Prints one kafka-acls.sh --add command per principal and resource: the set "
+            "`orchestrator kafka up --secure` applies to the local broker. Run them with an "
+            "admin's credentials (--command-config)."
+        ),
+    )
+    show.add_argument("--config", type=Path, help="JSON or TOML config file (app_id, prefix)")
+    show.add_argument("--principal-worker", default="User:worker", metavar="PRINCIPAL")
+    show.add_argument("--principal-producer", default="User:producer", metavar="PRINCIPAL")
+    show.add_argument("--principal-consumer", default="User:consumer", metavar="PRINCIPAL")
+    show.add_argument(
+        "--bootstrap-server", help="put in the commands (default: the settings' brokers)"
+    )
+    show.add_argument(
+        "--command-config", default="", metavar="FILE", help="an admin client's properties file"
+    )
+    _acl_scope_options(show)
+    show.set_defaults(handler=_acl_print)
 
 
 def _config_commands(commands: Any) -> None:
@@ -317,8 +364,59 @@ def _settings(args: argparse.Namespace) -> Any:
 def _kafka_up(args: argparse.Namespace) -> int:
     from streams import localbroker
 
-    info = localbroker.up(port=args.port, data_dir=args.data_dir)
+    scope = _acl_scope(args, None) if args.secure else None  # a bad setting: before starting
+    info = localbroker.up(port=args.port, data_dir=args.data_dir, secure=args.secure)
     print(_describe(info))
+    if scope is not None:
+        from streams.acls import acl_set
+        from streams.local_security import ADMIN, LocalSecurity, apply_acls
+
+        security = LocalSecurity.of(info.data_dir)
+        asyncio.run(apply_acls(security.connection(ADMIN, info.bootstrap_servers), acl_set(scope)))
+        print(
+            f"ACLs applied for the orchestrator {scope.orchestrator_id!r} (topic prefix "
+            f"{scope.topic_prefix!r}, consumer group {scope.consumer_group!r}): "
+            "orchestrator acl print shows them"
+        )
+    return 0
+
+
+def _acl_scope(args: argparse.Namespace, config: Path | None) -> Any:
+    from dataclasses import replace as with_values
+
+    from streams.acls import DEFAULT_CONSUMER_GROUP, Scope
+
+    values = {
+        key: value
+        for key, value in (("app_id", args.app_id), ("topic_prefix", args.topic_prefix))
+        if value is not None
+    }
+    settings = load_settings(file=config, overrides=values)
+    scope = Scope(settings.topic_prefix, settings.orchestrator_id, DEFAULT_CONSUMER_GROUP)
+    if args.consumer_group:
+        scope = with_values(scope, consumer_group=args.consumer_group)
+    return scope
+
+
+def _acl_print(args: argparse.Namespace) -> int:
+    from streams.acls import Principals, acl_set, kafka_acls_commands
+
+    scope = _acl_scope(args, args.config)
+    principals = Principals(args.principal_worker, args.principal_producer, args.principal_consumer)
+    for name, principal in (
+        ("worker", principals.worker),
+        ("producer", principals.producer),
+        ("consumer", principals.consumer),
+    ):
+        if not principal.startswith("User:") or principal == "User:":
+            raise ConfigurationError(f"--principal-{name} must be User:<name>, got {principal!r}")
+    bootstrap = args.bootstrap_server or load_settings(file=args.config).bootstrap_servers
+    print(
+        f"# ACLs of the orchestrator {scope.orchestrator_id!r} (topic prefix "
+        f"{scope.topic_prefix!r}); run each as a Kafka admin"
+    )
+    for command in kafka_acls_commands(acl_set(scope, principals), bootstrap, args.command_config):
+        print(command)
     return 0
 
 
@@ -334,9 +432,20 @@ def _kafka_status(args: argparse.Namespace) -> int:
 
 
 def _describe(info: Any) -> str:
-    return (
+    line = (
         f"Kafka {info.version} is up at {info.bootstrap_servers} "
         f"(pid {info.pid}, log {info.log_file})"
+    )
+    if not info.secure:
+        return line
+    from streams.local_security import MECHANISM, PROTOCOL, SCRAM_USERS, LocalSecurity
+
+    security = LocalSecurity.of(info.data_dir)
+    files = "\n".join(f"  {name}: {security.config_file(name)}" for name in SCRAM_USERS)
+    return (
+        f"{line}\n{PROTOCOL} with {MECHANISM} and ACLs; CA certificate {security.ca_file}\n"
+        "a config file per principal (--config FILE; its password is in a file next to it, "
+        f"mode 0600):\n{files}"
     )
 
 

@@ -36,7 +36,8 @@ from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from streams.errors import LocalBrokerError
-from streams.kafka_clients import KafkaConnection
+from streams.kafka_clients import KafkaConnection, connection
+from streams.local_security import ADMIN, LocalSecurity, write_private
 
 KAFKA_VERSION = "4.1.1"
 SCALA_VERSION = "2.13"
@@ -108,6 +109,8 @@ class BrokerInfo:
     version: str
     log_file: Path
     data_dir: Path
+    secure: bool = False
+    """SASL_SSL with SCRAM users and ACLs (:mod:`streams.local_security`)."""
 
 
 def default_cache_dir() -> Path:
@@ -245,10 +248,13 @@ def up(
     data_dir: Path | None = None,
     cache_dir: Path | None = None,
     timeout_s: float = 60.0,
+    secure: bool = False,
 ) -> BrokerInfo:
     """Start the local broker (or find it running) and return once it serves clients.
 
     ``timeout_s`` bounds the wait for the started JVM to serve, not the one-time fetch.
+    ``secure``: a SASL_SSL listener with SCRAM users and ACLs instead of PLAINTEXT
+    (:mod:`streams.local_security`; the data directory stays secure or plain for good).
 
     Raises:
         LocalBrokerError: Java or Maven missing, port taken, fetch failed, or the broker did
@@ -257,13 +263,14 @@ def up(
     data_dir = _resolve(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     with _locked(data_dir / ".lock"):
+        security = _security(data_dir, secure)
         running = status(data_dir)
         if running is not None:
             if running.port != port:
                 log.warning(
                     "%s: Kafka already runs on port %d, not %d", data_dir, running.port, port
                 )
-            _run_sync(wait_until_ready(running.bootstrap_servers, timeout_s))
+            _run_sync(wait_until_ready(_admin(running.bootstrap_servers, security), timeout_s))
             return running
         java = find_java()
         if not port_is_free(port):
@@ -274,16 +281,30 @@ def up(
         controller_port = _controller_port(port)
         libs = fetch_kafka(cache_dir)
         props, log4j, log_file = (data_dir / name for name in _FILES)
-        props.write_text(render_server_properties(port, controller_port, data_dir / "log"))
+        properties = render_server_properties(port, controller_port, data_dir / "log")
+        if security is None:
+            props.write_text(properties)
+        else:  # it holds the broker's own passwords
+            write_private(props, security.server_properties(properties, port, controller_port))
         log4j.write_text(LOG4J2_PROPERTIES)
         java_cmd = [java, *JVM_OPTIONS, f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*"]
         if not (data_dir / "log" / "meta.properties").exists():  # formatted once: keeps its id
-            _format(java_cmd, props, data_dir)
+            _format(java_cmd, props, data_dir, security)
         proc = _launch([*java_cmd, "kafka.Kafka", str(props)], data_dir, log_file)
         info = BrokerInfo(
-            f"127.0.0.1:{port}", port, controller_port, proc.pid, KAFKA_VERSION, log_file, data_dir
+            f"127.0.0.1:{port}",
+            port,
+            controller_port,
+            proc.pid,
+            KAFKA_VERSION,
+            log_file,
+            data_dir,
+            security is not None,
         )
+        if security is not None:
+            security.write_config_files(info.bootstrap_servers)
         record = {"pid": proc.pid, "port": port, "controller_port": controller_port}
+        record["secure"] = security is not None
         _write_json(
             data_dir / RECORD, {**record, "version": KAFKA_VERSION, "log_file": str(log_file)}
         )
@@ -291,7 +312,9 @@ def up(
         try:
             _run_sync(
                 wait_until_ready(
-                    info.bootstrap_servers, timeout_s, is_alive=lambda: proc.poll() is None
+                    _admin(info.bootstrap_servers, security),
+                    timeout_s,
+                    is_alive=lambda: proc.poll() is None,
                 )
             )
         except BaseException as exc:
@@ -325,23 +348,65 @@ def _launch(command: list[str], data_dir: Path, log_file: Path) -> subprocess.Po
     return proc
 
 
-def _format(java_cmd: list[str], props: Path, data_dir: Path) -> None:
-    command = [*java_cmd, "kafka.tools.StorageTool", "format", "-t", new_cluster_id()]
-    command += ["-c", str(props), "--standalone"]
-    result = subprocess.run(command, cwd=data_dir, capture_output=True, text=True, timeout=120)
+def _format(
+    java_cmd: list[str], props: Path, data_dir: Path, security: LocalSecurity | None = None
+) -> None:
+    arguments = ["kafka.tools.StorageTool", "format", "-t", new_cluster_id()]
+    arguments += ["-c", str(props), "--standalone"]
+    argfile = data_dir / ".format.args"
+    if security is not None:
+        # the SCRAM users' passwords go to java in an argument file, never on a command line
+        write_private(argfile, "\n".join([*arguments, *security.format_arguments()]).encode())
+        arguments = [f"@{argfile}"]
+    try:
+        result = subprocess.run(
+            [*java_cmd, *arguments], cwd=data_dir, capture_output=True, text=True, timeout=120
+        )
+    finally:
+        argfile.unlink(missing_ok=True)
     if result.returncode != 0:
-        lines = (result.stdout + result.stderr).strip().splitlines()[-20:]
+        said = (result.stdout + result.stderr).strip()
+        lines = (security.redact(said) if security else said).splitlines()[-20:]
         raise LocalBrokerError(f"formatting {data_dir / 'log'} failed:\n" + "\n".join(lines))
 
 
+def _security(data_dir: Path, secure: bool) -> LocalSecurity | None:
+    """The secure setup of ``data_dir`` if ``secure`` (made now if needed); refuses to
+    turn a formatted plain data directory secure, or a secure one plain."""
+    security = LocalSecurity.of(data_dir)
+    formatted = (data_dir / "log" / "meta.properties").exists()
+    if formatted and security.exists() != secure:
+        made, asked = ("with", "without") if security.exists() else ("without", "with")
+        raise LocalBrokerError(
+            f"{data_dir} was formatted {made} --secure; start it {made} --secure, or use "
+            f"another --data-dir to start one {asked} it"
+        )
+    if not secure:
+        return None
+    security.prepare()
+    return security
+
+
+def _admin(bootstrap_servers: str, security: LocalSecurity | None) -> KafkaConnection:
+    """How ``up`` itself reaches the broker: PLAINTEXT, or as the secure broker's admin."""
+    if security is None:
+        return KafkaConnection(bootstrap_servers)
+    return security.connection(ADMIN, bootstrap_servers)
+
+
 async def wait_until_ready(
-    bootstrap_servers: str, timeout_s: float = 60.0, *, is_alive: Callable[[], bool] | None = None
+    kafka: KafkaConnection | str,
+    timeout_s: float = 60.0,
+    *,
+    is_alive: Callable[[], bool] | None = None,
 ) -> None:
     """Return once a record produced to the broker is consumed back; retry until then.
 
     Raises:
         LocalBrokerError: ``is_alive()`` turned false, or ``timeout_s`` passed (retriable).
     """
+    kafka = connection(kafka)
+    bootstrap_servers = kafka.bootstrap_servers
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     last_error: BaseException | None = None
@@ -356,19 +421,19 @@ async def wait_until_ready(
                 retriable=True,
             )
         try:
-            await asyncio.wait_for(_round_trip(bootstrap_servers), timeout=min(remaining, 10.0))
+            await asyncio.wait_for(_round_trip(kafka), timeout=min(remaining, 10.0))
             return
         except (KafkaError, OSError, TimeoutError) as exc:
             last_error = exc
             await asyncio.sleep(0.2)
 
 
-async def _round_trip(bootstrap_servers: str) -> None:
-    host, _, port = bootstrap_servers.split(",")[0].rpartition(":")
+async def _round_trip(kafka: KafkaConnection) -> None:
+    host, _, port = kafka.bootstrap_servers.split(",")[0].rpartition(":")
     _reader, writer = await asyncio.open_connection(host, int(port))  # no client noise before
     writer.close()
     await writer.wait_closed()
-    admin = KafkaConnection(bootstrap_servers).admin(request_timeout_ms=5000)
+    admin = kafka.admin(request_timeout_ms=5000)
     try:
         await admin.start()
         if HEALTHCHECK_TOPIC not in await admin.list_topics():
@@ -380,14 +445,14 @@ async def _round_trip(bootstrap_servers: str) -> None:
     finally:
         await admin.close()
     value = uuid.uuid4().bytes
-    producer = KafkaConnection(bootstrap_servers).producer(acks="all")
+    producer = kafka.producer(acks="all")
     try:
         await producer.start()
         sent = await producer.send_and_wait(HEALTHCHECK_TOPIC, value, partition=0)
     finally:
         await producer.stop()
     partition = TopicPartition(HEALTHCHECK_TOPIC, 0)
-    consumer = KafkaConnection(bootstrap_servers).consumer(enable_auto_commit=False)
+    consumer = kafka.consumer(enable_auto_commit=False)
     try:
         await consumer.start()
         consumer.assign([partition])
@@ -420,11 +485,14 @@ def status(data_dir: Path | None = None) -> BrokerInfo | None:
             int(record[key]) for key in ("pid", "port", "controller_port")
         )
         version, log_file = str(record["version"]), Path(record["log_file"])
+        secure = bool(record.get("secure", False))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not _alive(pid) or not _runs_kafka(pid, data_dir / "server.properties"):
         return None
-    return BrokerInfo(f"127.0.0.1:{port}", port, controller_port, pid, version, log_file, data_dir)
+    return BrokerInfo(
+        f"127.0.0.1:{port}", port, controller_port, pid, version, log_file, data_dir, secure
+    )
 
 
 def down(data_dir: Path | None = None, timeout_s: float = 20.0) -> bool:
