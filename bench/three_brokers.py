@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -43,6 +44,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from bench.workload import PARTITIONS, Result
 from schemas import decode_completed, decode_ready
 from streams import localbroker
 from streams.client import TaskManager
@@ -445,3 +447,28 @@ async def _read_all(
         await consumer.stop()
         await peek.stop()
     return tids
+
+
+RESULTS_FILE = ROOT / "bench" / "results" / "three_brokers.json"
+
+
+async def bench_case(root: Path, tasks: int) -> list[Result]:
+    """The bench case: the scenario with ``tasks`` tasks on 8 partitions; its whole report goes
+    to ``bench/results/three_brokers.json``, its main figures to the table."""
+    deadline_s = 120.0 + tasks / 20
+    report = await run(root, tasks, PARTITIONS, deadline_s)
+    RESULTS_FILE.parent.mkdir(exist_ok=True)
+    RESULTS_FILE.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"three brokers: {json.dumps(report)}", flush=True)
+    rows = [
+        Result("three_brokers_tasks_per_s", report["tasks_per_s"], "tasks/s"),
+        Result("three_brokers_pause_broker_down_s", report["pause_broker_down_s"], "s"),
+        Result("three_brokers_pause_worker_killed_s", report["pause_worker_killed_s"], "s"),
+        Result("three_brokers_isr_full_after_restart_s", report["isr_full_after_restart_s"], "s"),
+    ]
+    for name in ("ready", "completed"):
+        rows.append(Result(f"three_brokers_{name}_records", report[f"{name}_records"], "records"))
+        for what in ("missing", "duplicated"):
+            rows.append(Result(f"three_brokers_{name}_{what}", report[f"{name}_{what}"], "tasks"))
+    rows.append(Result("three_brokers_verify_differences", report["verify_exit"], "exit code"))
+    return rows
