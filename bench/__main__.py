@@ -28,6 +28,12 @@ Cases (each on topics of its own, through real worker processes):
   retire (``task_retention`` 5 s) takes ``--soak-tasks`` tasks at ``--soak-rate`` per second
   (``bench/soak.py``): its RSS, open files and ``data_dir`` size at the start (after a warm-up
   through the whole cycle) and at the end (every task retired).
+- ``three_brokers_*``: a local three-node cluster (``kafka up --brokers 3``) and one worker take
+  ``--three-brokers-tasks`` tasks while the broker leading most of ``task.events`` is killed
+  (SIGKILL) and restarted, then the worker (``bench/three_brokers.py``): the rate, the pauses,
+  and the ``task.ready`` / ``task.completed`` records, missing and duplicated (read committed);
+  the whole report also goes to ``bench/results/three_brokers.json``. Not in a default run (it
+  starts three brokers of its own): ``--only three_brokers``.
 - ``worker_rss_mb_1m_tasks``: peak resident memory (VmHWM) of a worker whose ``tasks`` table
   holds a million completed tasks, restored from a pre-filled changelog, after it served
   status reads (``worker_restore_tasks_per_s``: how fast it restored them).
@@ -46,17 +52,19 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import ceiling, fold, lifecycle, memory, replay, soak
+from bench import ceiling, fold, lifecycle, memory, replay, soak, three_brokers
 from bench.workload import Result
 from streams import localbroker
 from streams.process import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CASES = ("fold", "peer", "replay", "lifecycle", "latency", "memory", "soak")
+CASES = ("fold", "peer", "replay", "lifecycle", "latency", "memory", "soak", "three_brokers")
+DEFAULT_CASES = CASES[:-1]
+"""``three_brokers`` starts a cluster of its own: only with ``--only three_brokers``."""
 
 
 async def run(bootstrap: str, root: Path, args: argparse.Namespace) -> list[Result]:
-    cases = set(args.only or CASES)
+    cases = set(args.only or DEFAULT_CASES)
     if "peer" in cases:
         cases.add("fold")  # the peer's row is its rate as a multiple of the fold's
     results: list[Result] = []
@@ -92,6 +100,8 @@ async def run(bootstrap: str, root: Path, args: argparse.Namespace) -> list[Resu
         results += await memory.memory_case(bootstrap, root, args.million)
     if "soak" in cases:
         results += await soak.soak(bootstrap, root, args.soak_tasks, args.soak_rate)
+    if "three_brokers" in cases:
+        results += await three_brokers.bench_case(root, args.three_brokers_tasks)
     return results
 
 
@@ -126,6 +136,12 @@ def main() -> int:
         "--soak-rate", type=float, default=250.0, help="tasks per second in the soak case"
     )
     parser.add_argument(
+        "--three-brokers-tasks",
+        type=int,
+        default=50_000,
+        help="tasks through the three_brokers case (its test runs 5000)",
+    )
+    parser.add_argument(
         "--commit-interval",
         type=float,
         default=0.2,
@@ -142,11 +158,14 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="orchestrator-bench-") as tmp:
         root = Path(tmp)
-        broker = localbroker.up(port=free_port(), data_dir=root / "kafka")
-        try:
-            results = asyncio.run(run(broker.bootstrap_servers, root, args))
-        finally:
-            localbroker.down(root / "kafka")
+        if set(args.only or DEFAULT_CASES) == {"three_brokers"}:  # its own cluster alone
+            results = asyncio.run(run("", root, args))
+        else:
+            broker = localbroker.up(port=free_port(), data_dir=root / "kafka")
+            try:
+                results = asyncio.run(run(broker.bootstrap_servers, root, args))
+            finally:
+                localbroker.down(root / "kafka")
     if args.only or args.profile:
         print("partial or profiled run: bench/results/latest.json left as it was")
     else:

@@ -103,10 +103,24 @@ def _parser() -> argparse.ArgumentParser:
         help="SASL_SSL with SCRAM-SHA-512 users (admin, worker, producer, consumer) and ACLs; "
         "prints where their config files are",
     )
+    up.add_argument(
+        "--brokers",
+        type=int,
+        default=1,
+        choices=[1, 3],
+        help="1 (default), or 3: a KRaft cluster on ports PORT to PORT+5 (clients PORT to "
+        "PORT+2, controllers PORT+3 to PORT+5), replication 3, min ISR 2; again: restarts the "
+        "nodes that are down",
+    )
     _acl_scope_options(up)
     up.set_defaults(handler=_kafka_up)
-    status = kafka_commands.add_parser("status", help="say whether the local broker is up")
+    status = kafka_commands.add_parser(
+        "status", help="each node (up or down), and each topic's leaders and in-sync replicas"
+    )
     status.add_argument("--data-dir", type=Path, default=None)
+    status.add_argument(
+        "--partitions", action="store_true", help="one line per partition, not per topic"
+    )
     status.set_defaults(handler=_kafka_status)
     down = kafka_commands.add_parser("down", help="stop the local broker")
     down.add_argument("--data-dir", type=Path, default=None)
@@ -365,8 +379,19 @@ def _kafka_up(args: argparse.Namespace) -> int:
     from streams import localbroker
 
     scope = _acl_scope(args, None) if args.secure else None  # a bad setting: before starting
-    info = localbroker.up(port=args.port, data_dir=args.data_dir, secure=args.secure)
+    info = localbroker.up(
+        port=args.port, data_dir=args.data_dir, brokers=args.brokers, secure=args.secure
+    )
     print(_describe(info))
+    if len(info.nodes) > 1:
+        print(_nodes(info))
+        print(
+            "workers and clients need: "
+            f"ORCHESTRATOR_BROKER={info.bootstrap_servers} "
+            f"ORCHESTRATOR_REPLICATION_FACTOR={info.replication_factor} "
+            "(bootstrap_servers and replication_factor in a config file), "
+            "before the topics are first created"
+        )
     if scope is not None:
         from streams.acls import acl_set
         from streams.local_security import ADMIN, LocalSecurity, apply_acls
@@ -422,20 +447,42 @@ def _acl_print(args: argparse.Namespace) -> int:
 
 def _kafka_status(args: argparse.Namespace) -> int:
     from streams import localbroker
+    from streams.partition_layout import read_layout, render
 
     info = localbroker.status(args.data_dir)
     if info is None:
         print("Kafka is not running (start it with: orchestrator kafka up)")
         return 1
     print(_describe(info))
+    print(_nodes(info))
+    running: Any = ",".join(node.address for node in info.nodes if node.is_running)
+    if info.secure:  # read as the secure broker's admin
+        from streams.local_security import ADMIN, LocalSecurity
+
+        running = LocalSecurity.of(info.data_dir).connection(ADMIN, running)
+    try:
+        layout = asyncio.run(asyncio.wait_for(read_layout(running), 20.0))
+    except (OSError, TimeoutError) as exc:
+        print(f"cannot read the topics' partitions: {exc!r}")
+        return 1
+    lines = render(layout, every_partition=args.partitions)
+    print(f"topics (leaders as node:partitions; controller: node {layout.controller_id}):")
+    print("\n".join(lines) if lines else "  none yet")
     return 0
 
 
 def _describe(info: Any) -> str:
-    line = (
-        f"Kafka {info.version} is up at {info.bootstrap_servers} "
-        f"(pid {info.pid}, log {info.log_file})"
-    )
+    if len(info.nodes) > 1:
+        up = sum(node.is_running for node in info.nodes)
+        line = (
+            f"Kafka {info.version}: a cluster of {len(info.nodes)} nodes, {up} up, at "
+            f"{info.bootstrap_servers} (data dir {info.data_dir})"
+        )
+    else:
+        line = (
+            f"Kafka {info.version} is up at {info.bootstrap_servers} "
+            f"(pid {info.pid}, log {info.log_file})"
+        )
     if not info.secure:
         return line
     from streams.local_security import MECHANISM, PROTOCOL, SCRAM_USERS, LocalSecurity
@@ -446,6 +493,15 @@ def _describe(info: Any) -> str:
         f"{line}\n{PROTOCOL} with {MECHANISM} and ACLs; CA certificate {security.ca_file}\n"
         "a config file per principal (--config FILE; its password is in a file next to it, "
         f"mode 0600):\n{files}"
+    )
+
+
+def _nodes(info: Any) -> str:
+    return "\n".join(
+        f"  node {node.node_id}  {node.address:<16} "
+        + (f"up    pid {node.pid}" if node.is_running else f"DOWN  (last pid {node.pid})")
+        + f"  log {node.log_file}"
+        for node in info.nodes
     )
 
 

@@ -6,6 +6,11 @@ broker+controller JVM detached from this process, and returns only when a real p
 round trip through aiokafka succeeds. ``status`` and ``down`` find that broker again through
 ``<data_dir>/broker.json``, from this process or any other.
 
+``up(..., brokers=3)`` starts a three-node cluster instead (see :func:`render_node_properties`
+for the port scheme): combined broker+controller nodes with one static controller quorum, each
+node with its own directory ``<data_dir>/node-<id>``, replication 3 and min ISR 2. ``up`` again
+restarts the nodes that are down (:func:`start_node` restarts one), ``down`` stops them all.
+
 The Kafka version is pinned here and only here; ``docker-compose.kafka.yml`` must use the same.
 """
 
@@ -81,6 +86,31 @@ share.coordinator.state.topic.min.isr=1
 auto.create.topics.enable=false
 group.initial.rebalance.delay.ms=0
 """
+CLUSTER_SIZES = (1, 3)
+"""Node counts ``up`` starts: one broker, or a cluster with replication 3 and min ISR 2."""
+CLUSTER_PROPERTIES = """\
+process.roles=broker,controller
+node.id={node_id}
+controller.quorum.voters={voters}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs={log_dir}
+num.partitions=1
+default.replication.factor=3
+min.insync.replicas=2
+offsets.topic.replication.factor=3
+transaction.state.log.replication.factor=3
+transaction.state.log.min.isr=2
+share.coordinator.state.topic.replication.factor=3
+share.coordinator.state.topic.min.isr=2
+auto.create.topics.enable=false
+group.initial.rebalance.delay.ms=0
+"""
+"""One node of the local cluster. The quorum is static (``controller.quorum.voters``, the same
+on every node): each node is formatted with the same cluster id and no initial controllers."""
 LOG4J2_PROPERTIES = """\
 status = warn
 shutdownHook = disable
@@ -99,8 +129,39 @@ _children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 @dataclass(frozen=True)
+class NodeInfo:
+    """One Kafka JVM of a local broker or cluster, as recorded in ``broker.json``.
+
+    Attributes:
+        node_id: its ``node.id`` (1 for the one-broker case).
+        port: its client (PLAINTEXT) port on 127.0.0.1.
+        controller_port: its CONTROLLER listener's port.
+        pid: the process last started for it.
+        is_running: whether that process is alive and runs this node's Kafka.
+        log_file: its JVM's output.
+    """
+
+    node_id: int
+    port: int
+    controller_port: int
+    pid: int
+    is_running: bool
+    log_file: Path
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:port``."""
+        return f"127.0.0.1:{self.port}"
+
+
+@dataclass(frozen=True)
 class BrokerInfo:
-    """A running local broker, as ``up`` and ``status`` report it."""
+    """A running local broker or cluster, as ``up`` and ``status`` report it.
+
+    For a cluster, ``bootstrap_servers`` names every node, and ``port``, ``controller_port``,
+    ``pid`` and ``log_file`` are the first node's; ``nodes`` has each node (one for a single
+    broker).
+    """
 
     bootstrap_servers: str
     port: int
@@ -109,8 +170,14 @@ class BrokerInfo:
     version: str
     log_file: Path
     data_dir: Path
+    nodes: tuple[NodeInfo, ...] = ()
     secure: bool = False
     """SASL_SSL with SCRAM users and ACLs (:mod:`streams.local_security`)."""
+
+    @property
+    def replication_factor(self) -> int:
+        """What the project's topics should get here: 3 on a cluster, 1 on one broker."""
+        return 3 if len(self.nodes) >= 3 else 1
 
 
 def default_cache_dir() -> Path:
@@ -248,23 +315,41 @@ def up(
     data_dir: Path | None = None,
     cache_dir: Path | None = None,
     timeout_s: float = 60.0,
+    brokers: int = 1,
     secure: bool = False,
 ) -> BrokerInfo:
     """Start the local broker (or find it running) and return once it serves clients.
 
     ``timeout_s`` bounds the wait for the started JVM to serve, not the one-time fetch.
-    ``secure``: a SASL_SSL listener with SCRAM users and ACLs instead of PLAINTEXT
-    (:mod:`streams.local_security`; the data directory stays secure or plain for good).
+    ``brokers=3`` starts a three-node cluster on ports ``port`` to ``port + 5`` (see
+    :func:`render_node_properties`); if it runs already, the nodes that are down are restarted.
+    ``secure``: one broker with a SASL_SSL listener, SCRAM users and ACLs instead of PLAINTEXT
+    (:mod:`streams.local_security`; the data directory stays secure or plain for good); not
+    with ``brokers=3``.
 
     Raises:
         LocalBrokerError: Java or Maven missing, port taken, fetch failed, or the broker did
             not serve in time (then the message ends with the broker log's last lines).
     """
+    if brokers not in CLUSTER_SIZES:
+        raise LocalBrokerError(f"--brokers must be 1 or 3, not {brokers}")
+    if secure and brokers > 1:
+        raise LocalBrokerError(
+            "--secure starts one broker: a secure local cluster of three is not built here "
+            "(docs/production.md says how to secure a cluster of your own)"
+        )
     data_dir = _resolve(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     with _locked(data_dir / ".lock"):
-        security = _security(data_dir, secure)
+        security = _security(data_dir, secure) if brokers == 1 else None
         running = status(data_dir)
+        if running is not None and len(running.nodes) != brokers:
+            raise LocalBrokerError(
+                f"{data_dir} runs Kafka with {len(running.nodes)} node(s), not {brokers}: "
+                "stop it with `orchestrator kafka down` or use another --data-dir"
+            )
+        if brokers > 1:
+            return _up_cluster(port, data_dir, cache_dir, timeout_s, brokers, running)
         if running is not None:
             if running.port != port:
                 log.warning(
@@ -289,16 +374,18 @@ def up(
         log4j.write_text(LOG4J2_PROPERTIES)
         java_cmd = [java, *JVM_OPTIONS, f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*"]
         if not (data_dir / "log" / "meta.properties").exists():  # formatted once: keeps its id
-            _format(java_cmd, props, data_dir, security)
+            _format(java_cmd, props, data_dir, security=security)
         proc = _launch([*java_cmd, "kafka.Kafka", str(props)], data_dir, log_file)
+        node = NodeInfo(1, port, controller_port, proc.pid, True, log_file)
         info = BrokerInfo(
-            f"127.0.0.1:{port}",
+            node.address,
             port,
             controller_port,
             proc.pid,
             KAFKA_VERSION,
             log_file,
             data_dir,
+            (node,),
             security is not None,
         )
         if security is not None:
@@ -349,10 +436,17 @@ def _launch(command: list[str], data_dir: Path, log_file: Path) -> subprocess.Po
 
 
 def _format(
-    java_cmd: list[str], props: Path, data_dir: Path, security: LocalSecurity | None = None
+    java_cmd: list[str],
+    props: Path,
+    data_dir: Path,
+    cluster_id: str = "",
+    quorum: tuple[str, ...] = ("--standalone",),
+    security: LocalSecurity | None = None,
 ) -> None:
-    arguments = ["kafka.tools.StorageTool", "format", "-t", new_cluster_id()]
-    arguments += ["-c", str(props), "--standalone"]
+    """Format ``data_dir/log`` (default: a new cluster id, a standalone dynamic quorum; no
+    ``quorum`` flag with a static quorum), with the SCRAM users of ``security`` if any."""
+    arguments = ["kafka.tools.StorageTool", "format", "-t", cluster_id or new_cluster_id()]
+    arguments += ["-c", str(props), *quorum]
     argfile = data_dir / ".format.args"
     if security is not None:
         # the SCRAM users' passwords go to java in an argument file, never on a command line
@@ -394,13 +488,259 @@ def _admin(bootstrap_servers: str, security: LocalSecurity | None) -> KafkaConne
     return security.connection(ADMIN, bootstrap_servers)
 
 
+# -- a local cluster: several combined broker+controller nodes, one static quorum
+
+
+def node_ports(port: int, brokers: int) -> list[tuple[int, int]]:
+    """``(client port, controller port)`` of nodes 1 to ``brokers``: clients on ``port`` to
+    ``port + brokers - 1``, controllers on the next ``brokers`` ports (9092-9094 and
+    9095-9097 for three nodes from 9092)."""
+    return [(port + i, port + brokers + i) for i in range(brokers)]
+
+
+def render_node_properties(node_id: int, ports: list[tuple[int, int]], log_dir: Path) -> str:
+    """``server.properties`` of node ``node_id`` (1-based) of a cluster on ``ports``
+    (:func:`node_ports`): every node is a voter of the controller quorum."""
+    voters = ",".join(f"{i}@127.0.0.1:{c}" for i, (_port, c) in enumerate(ports, start=1))
+    port, controller_port = ports[node_id - 1]
+    return CLUSTER_PROPERTIES.format(
+        node_id=node_id,
+        voters=voters,
+        port=port,
+        controller_port=controller_port,
+        log_dir=log_dir,
+    )
+
+
+def node_dir(data_dir: Path, node_id: int) -> Path:
+    """Where node ``node_id`` of the cluster in ``data_dir`` keeps its files and log dir."""
+    return data_dir / f"node-{node_id}"
+
+
+def start_node(
+    node_id: int,
+    data_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    timeout_s: float = 60.0,
+) -> BrokerInfo:
+    """Restart node ``node_id`` of the running cluster in ``data_dir`` (after a crash or a kill)
+    on its recorded ports; return once the cluster lists it again as a broker.
+
+    Raises:
+        LocalBrokerError: no cluster runs in ``data_dir``, it has no such node, or the node did
+            not come back in time.
+    """
+    data_dir = _resolve(data_dir)
+    with _locked(data_dir / ".lock"):
+        running = status(data_dir)
+        if running is None or len(running.nodes) < 2:
+            raise LocalBrokerError(f"no cluster runs in {data_dir}: start it with `kafka up`")
+        if node_id not in {node.node_id for node in running.nodes}:
+            raise LocalBrokerError(f"the cluster in {data_dir} has no node {node_id}")
+        ports = [(node.port, node.controller_port) for node in running.nodes]
+        return _start_nodes(data_dir, cache_dir, timeout_s, ports, running, {node_id})
+
+
+def _up_cluster(
+    port: int,
+    data_dir: Path,
+    cache_dir: Path | None,
+    timeout_s: float,
+    brokers: int,
+    running: BrokerInfo | None,
+) -> BrokerInfo:
+    if running is None:
+        ports = node_ports(port, brokers)
+        missing = set(range(1, brokers + 1))
+    else:
+        ports = [(node.port, node.controller_port) for node in running.nodes]
+        if ports[0][0] != port:
+            log.warning(
+                "%s: the cluster already runs from port %d, not %d", data_dir, ports[0][0], port
+            )
+        missing = {node.node_id for node in running.nodes if not node.is_running}
+        if not missing:
+            _run_sync(wait_until_ready(running.bootstrap_servers, timeout_s, replication=3))
+            return running
+    return _start_nodes(data_dir, cache_dir, timeout_s, ports, running, missing)
+
+
+def _start_nodes(
+    data_dir: Path,
+    cache_dir: Path | None,
+    timeout_s: float,
+    ports: list[tuple[int, int]],
+    running: BrokerInfo | None,
+    missing: set[int],
+) -> BrokerInfo:
+    """Start the nodes ``missing`` of the cluster on ``ports`` (formatting each once, with the
+    cluster's one id), record them, and wait until the cluster serves with every node."""
+    java = find_java()
+    for node_id in sorted(missing):
+        for what, taken in zip(("client", "controller"), ports[node_id - 1], strict=True):
+            if not port_is_free(taken):
+                raise LocalBrokerError(
+                    f"port {taken} on 127.0.0.1 ({what} port of node {node_id}) is already in "
+                    "use: stop what listens there or pick another base port with --port"
+                )
+    libs = fetch_kafka(cache_dir)
+    cluster_id = _cluster_id(data_dir, len(ports))
+    pids = {node.node_id: node.pid for node in running.nodes} if running else {}
+    started: dict[int, subprocess.Popen[bytes]] = {}
+    for node_id in sorted(missing):
+        started[node_id] = _launch_node(java, libs, data_dir, node_id, ports, cluster_id)
+        pids[node_id] = started[node_id].pid
+    nodes = [
+        {
+            "node_id": node_id,
+            "pid": pids[node_id],
+            "port": port,
+            "controller_port": controller_port,
+            "log_file": str(node_dir(data_dir, node_id) / "kafka.log"),
+        }
+        for node_id, (port, controller_port) in enumerate(ports, start=1)
+    ]
+    record = {"version": KAFKA_VERSION, "cluster_id": cluster_id, "nodes": nodes}
+    _write_json(data_dir / RECORD, record)
+    bootstrap = ",".join(f"127.0.0.1:{port}" for port, _controller in ports)
+    log.info("started Kafka %s nodes %s of %s", KAFKA_VERSION, sorted(missing), bootstrap)
+    try:
+        _run_sync(_wait_for_cluster(bootstrap, len(ports), timeout_s, started))
+    except BaseException as exc:
+        _stop(*(proc.pid for proc in started.values()), timeout_s=5.0)
+        if running is None:
+            (data_dir / RECORD).unlink(missing_ok=True)
+        if isinstance(exc, LocalBrokerError):
+            tails = "".join(
+                f"\nlast lines of {node_dir(data_dir, node_id) / 'kafka.log'}:\n"
+                f"{tail(node_dir(data_dir, node_id) / 'kafka.log')}"
+                for node_id in sorted(started)
+            )
+            raise LocalBrokerError(f"{exc}{tails}") from exc
+        raise
+    info = status(data_dir)
+    if info is None:  # every node died right after serving
+        raise LocalBrokerError(f"the Kafka cluster in {data_dir} stopped right after it started")
+    return info
+
+
+def _cluster_id(data_dir: Path, brokers: int) -> str:
+    """The id the cluster's formatted nodes share, or a new one if none is formatted yet."""
+    ids = set()
+    for node_id in range(1, brokers + 1):
+        meta = node_dir(data_dir, node_id) / "log" / "meta.properties"
+        with contextlib.suppress(OSError):
+            ids |= {
+                line.split("=", 1)[1].strip()
+                for line in meta.read_text().splitlines()
+                if line.startswith("cluster.id=")
+            }
+    if len(ids) > 1:
+        raise LocalBrokerError(
+            f"the nodes in {data_dir} belong to different clusters ({sorted(ids)}): "
+            "use another --data-dir"
+        )
+    return ids.pop() if ids else new_cluster_id()
+
+
+def _launch_node(
+    java: str,
+    libs: Path,
+    data_dir: Path,
+    node_id: int,
+    ports: list[tuple[int, int]],
+    cluster_id: str,
+) -> subprocess.Popen[bytes]:
+    home = node_dir(data_dir, node_id)
+    home.mkdir(parents=True, exist_ok=True)
+    props, log4j, log_file = (home / name for name in _FILES)
+    props.write_text(render_node_properties(node_id, ports, home / "log"))
+    log4j.write_text(LOG4J2_PROPERTIES)
+    java_cmd = [java, *JVM_OPTIONS, f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*"]
+    if not (home / "log" / "meta.properties").exists():  # formatted once: keeps its id
+        # a static quorum (controller.quorum.voters): no initial-controllers flag
+        _format(java_cmd, props, home, cluster_id, quorum=())
+    return _launch([*java_cmd, "kafka.Kafka", str(props)], home, log_file)
+
+
+async def _wait_for_cluster(
+    bootstrap_servers: str,
+    brokers: int,
+    timeout_s: float,
+    started: dict[int, subprocess.Popen[bytes]],
+) -> None:
+    """Wait for a produce/consume round trip (replication 3), then for every node to be listed
+    as a broker; fail early if a node just started exits."""
+
+    def is_alive() -> bool:
+        return all(proc.poll() is None for proc in started.values())
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    await wait_until_ready(bootstrap_servers, timeout_s, is_alive=is_alive, replication=3)
+    listed: set[int] = set()
+    while True:
+        if not is_alive():
+            raise LocalBrokerError("a Kafka node exited before the cluster served clients")
+        with contextlib.suppress(KafkaError, OSError, TimeoutError):
+            listed = await _broker_ids(bootstrap_servers)
+            if listed >= set(range(1, brokers + 1)):
+                return
+        if loop.time() > deadline:
+            raise LocalBrokerError(
+                f"the Kafka cluster at {bootstrap_servers} listed brokers {sorted(listed)}, not "
+                f"all {brokers}, within {timeout_s:g} s",
+                retriable=True,
+            )
+        await asyncio.sleep(0.2)
+
+
+async def _broker_ids(bootstrap_servers: str) -> set[int]:
+    admin = KafkaConnection(bootstrap_servers).admin(request_timeout_ms=5000)
+    try:
+        await admin.start()
+        cluster = await admin.describe_cluster()
+    finally:
+        await admin.close()
+    return {int(broker["node_id"]) for broker in cluster["brokers"]}
+
+
+def _cluster_status(data_dir: Path, record: dict[str, Any]) -> BrokerInfo | None:
+    nodes = []
+    for entry in record["nodes"]:
+        node_id, pid, port, controller_port = (
+            int(entry[key]) for key in ("node_id", "pid", "port", "controller_port")
+        )
+        props = node_dir(data_dir, node_id) / "server.properties"
+        is_running = _alive(pid) and _runs_kafka(pid, props)
+        nodes.append(
+            NodeInfo(node_id, port, controller_port, pid, is_running, Path(entry["log_file"]))
+        )
+    if not any(node.is_running for node in nodes):
+        return None
+    first = nodes[0]
+    return BrokerInfo(
+        ",".join(node.address for node in nodes),
+        first.port,
+        first.controller_port,
+        first.pid,
+        str(record["version"]),
+        first.log_file,
+        data_dir,
+        tuple(nodes),
+    )
+
+
 async def wait_until_ready(
     kafka: KafkaConnection | str,
     timeout_s: float = 60.0,
     *,
     is_alive: Callable[[], bool] | None = None,
+    replication: int = 1,
 ) -> None:
     """Return once a record produced to the broker is consumed back; retry until then.
+
+    ``replication``: of the health-check topic, if this creates it (3 on a cluster).
 
     Raises:
         LocalBrokerError: ``is_alive()`` turned false, or ``timeout_s`` passed (retriable).
@@ -421,14 +761,14 @@ async def wait_until_ready(
                 retriable=True,
             )
         try:
-            await asyncio.wait_for(_round_trip(kafka), timeout=min(remaining, 10.0))
+            await asyncio.wait_for(_round_trip(kafka, replication), timeout=min(remaining, 10.0))
             return
         except (KafkaError, OSError, TimeoutError) as exc:
             last_error = exc
             await asyncio.sleep(0.2)
 
 
-async def _round_trip(kafka: KafkaConnection) -> None:
+async def _round_trip(kafka: KafkaConnection, replication: int = 1) -> None:
     host, _, port = kafka.bootstrap_servers.split(",")[0].rpartition(":")
     _reader, writer = await asyncio.open_connection(host, int(port))  # no client noise before
     writer.close()
@@ -438,7 +778,7 @@ async def _round_trip(kafka: KafkaConnection) -> None:
         await admin.start()
         if HEALTHCHECK_TOPIC not in await admin.list_topics():
             with contextlib.suppress(TopicAlreadyExistsError):
-                response = await admin.create_topics([NewTopic(HEALTHCHECK_TOPIC, 1, 1)])
+                response = await admin.create_topics([NewTopic(HEALTHCHECK_TOPIC, 1, replication)])
                 for _topic, code, *_message in response.topic_errors:
                     if code and for_code(code) is not TopicAlreadyExistsError:
                         raise for_code(code)(f"creating {HEALTHCHECK_TOPIC}")
@@ -481,6 +821,8 @@ def status(data_dir: Path | None = None) -> BrokerInfo | None:
     data_dir = _resolve(data_dir)
     try:
         record = json.loads((data_dir / RECORD).read_text())
+        if "nodes" in record:
+            return _cluster_status(data_dir, record)
         pid, port, controller_port = (
             int(record[key]) for key in ("pid", "port", "controller_port")
         )
@@ -490,8 +832,9 @@ def status(data_dir: Path | None = None) -> BrokerInfo | None:
         return None
     if not _alive(pid) or not _runs_kafka(pid, data_dir / "server.properties"):
         return None
+    node = NodeInfo(1, port, controller_port, pid, True, log_file)
     return BrokerInfo(
-        f"127.0.0.1:{port}", port, controller_port, pid, version, log_file, data_dir, secure
+        node.address, port, controller_port, pid, version, log_file, data_dir, (node,), secure
     )
 
 
@@ -503,24 +846,64 @@ def down(data_dir: Path | None = None, timeout_s: float = 20.0) -> bool:
     data_dir = _resolve(data_dir)
     info = status(data_dir)
     if info is not None:
-        log.info("stopping Kafka (pid %d) on %s", info.pid, info.bootstrap_servers)
-        _stop(info.pid, timeout_s)
+        running = [node.pid for node in info.nodes if node.is_running]
+        log.info("stopping Kafka (pids %s) on %s", running, info.bootstrap_servers)
+        if len(info.nodes) > 1:
+            _stop_cluster(running, len(info.nodes), timeout_s)
+        else:
+            _stop(*running, timeout_s=timeout_s)
     (data_dir / RECORD).unlink(missing_ok=True)
     return info is not None
 
 
-def _stop(pid: int, timeout_s: float) -> None:
-    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
+QUORUMLESS_GRACE_S = 3.0
+"""How long cluster nodes left without a quorum majority get to exit before SIGKILL: their
+controlled shutdown waits for a controller that can no longer be elected."""
+
+
+def _stop_cluster(pids: list[int], brokers: int, timeout_s: float) -> None:
+    """SIGTERM to every node at once; the last ones, once fewer than a majority are left,
+    get :data:`QUORUMLESS_GRACE_S` before SIGKILL."""
+    for pid in pids:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, sig)  # started with start_new_session: its group id is its pid
+            os.killpg(pid, signal.SIGTERM)
+    majority = brokers // 2 + 1
+    deadline = time.monotonic() + timeout_s
+    quorum_lost_at: float | None = None
+    while alive := [pid for pid in pids if _alive(pid)]:
+        now = time.monotonic()
+        if len(alive) < majority and quorum_lost_at is None:
+            quorum_lost_at = now
+        if now > deadline or (quorum_lost_at and now - quorum_lost_at > QUORUMLESS_GRACE_S):
+            log.info("Kafka nodes (pids %s) have no quorum to shut down with: killing them", alive)
+            for pid in alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+            _stop(*alive, timeout_s=10.0)  # (reaps them; SIGKILL again if need be)
+            break
+        time.sleep(0.05)
+    for pid in pids:
+        _children.pop(pid, None)
+
+
+def _stop(*pids: int, timeout_s: float) -> None:
+    """SIGTERM to each process group of ``pids`` at once, SIGKILL to those left after
+    ``timeout_s``."""
+    left = list(pids)
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, sig)  # started with start_new_session: its group id is its pid
         deadline = time.monotonic() + wait_s
-        while _alive(pid) and time.monotonic() < deadline:
+        while any(_alive(pid) for pid in left) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if not _alive(pid):
+        for pid in [pid for pid in left if not _alive(pid)]:
             _children.pop(pid, None)
+            left.remove(pid)
+        if not left:
             return
-        log.warning("Kafka (pid %d) still runs %.0f s after %s", pid, wait_s, sig.name)
-    raise LocalBrokerError(f"could not stop Kafka (pid {pid})")
+        log.warning("Kafka (pids %s) still runs %.0f s after %s", left, wait_s, sig.name)
+    raise LocalBrokerError(f"could not stop Kafka (pids {left})")
 
 
 def _alive(pid: int) -> bool:

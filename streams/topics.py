@@ -147,6 +147,13 @@ def scheduler_changelog(app_id: str) -> str:
     return f"{app_id}-scheduler-changelog"
 
 
+def min_insync_replicas(replication: int) -> int:
+    """The ``min.insync.replicas`` of a topic with ``replication`` replicas: 2 when it has two
+    or more (an acknowledged write survives one broker's loss; with 3, one broker may be down
+    and writes go on), else 1."""
+    return min(2, replication)
+
+
 async def ensure_topics(
     kafka: KafkaConnection | str,
     partitions: int,
@@ -159,6 +166,10 @@ async def ensure_topics(
     With ``app_id``, also the changelogs of the ``tasks`` table and of the schedulers
     (compacted: the latest value of each key), which the fold and the scheduler write and
     restore from themselves.
+
+    Each topic is created with ``replication`` replicas and ``min.insync.replicas``
+    :func:`min_insync_replicas` (2 from replication 2 up), so that a write acknowledged by all
+    in-sync replicas (``acks=all``, as every producer of the project asks) is on two brokers.
 
     Existing topics are left as they are, but a partition count different from ``partitions``
     is an error: tables would no longer be co-partitioned with their source topic.
@@ -190,7 +201,8 @@ async def ensure_topics(
                         f"{partitions}: set 'partitions' to {existing[spec.name]}"
                     )
                 continue
-            topic = NewTopic(spec.name, partitions, replication, topic_configs=spec.config)
+            config = {**spec.config, "min.insync.replicas": str(min_insync_replicas(replication))}
+            topic = NewTopic(spec.name, partitions, replication, topic_configs=config)
             try:
                 await admin.create_topics([topic])
                 created.append(spec.name)
