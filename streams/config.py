@@ -155,8 +155,9 @@ class Settings:
     start_lead: float = 0.15
     """Seconds between a scheduler's decision and the earliest start of the handler it
     dispatched (``not_before``): time for the decision's transaction to commit, within which
-    the worker that decided starts the handler. It costs latency, not throughput. Env:
-    ``ORCHESTRATOR_START_LEAD``."""
+    the worker that decided starts the handler. The least lead: a scheduler whose commits take
+    longer lengthens it (``streams.domain.scheduling.StartLead``). It costs latency, not
+    throughput. Env: ``ORCHESTRATOR_START_LEAD``."""
     start_slot: float = 0.05
     """Seconds after ``not_before`` within which a dispatched handler must start, or its
     go-ahead is given back (retried at once, without spending the attempt). The rate-limit

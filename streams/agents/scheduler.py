@@ -74,6 +74,7 @@ from streams.domain.scheduling import (
     HoldReason,
     PlatformScheduler,
     QueuedTask,
+    StartLead,
     overall_free,
     runs_here,
 )
@@ -150,7 +151,7 @@ class SchedulerService(AssignedPartitions):
         self.changelog = scheduler_changelog(settings.orchestrator_id)
         self.store = TaskStore(Path(settings.data_dir) / "scheduler", settings.partitions)
         self.lock = asyncio.Lock()
-        self.lead_ms = int(settings.start_lead * 1000)
+        self.lead = StartLead(int(settings.start_lead * 1000))
         self.slot_ms = int(settings.start_slot * 1000)
         self.dispatching = True
         """False once the worker stops: records are still taken, nothing is dispatched."""
@@ -582,6 +583,7 @@ class SchedulerService(AssignedPartitions):
                 snapshot["limits"] = lane.limits[platform]
             lane.store.put(PLATFORM_KEY + platform.encode(), json.dumps(snapshot).encode())
         lane.changed.clear()
+        started_ms = _now_ms()
         try:
             async with asyncio.timeout(COMMIT_TIMEOUT_S):
                 last = None
@@ -607,6 +609,8 @@ class SchedulerService(AssignedPartitions):
         lane.deliveries = []
         lane.last_commit = time.monotonic()
         go_aheads, lane.go_aheads = lane.go_aheads, []
+        decided_ms = min((go.dispatched_at_ms for go in go_aheads), default=started_ms)
+        self.lead.observe(_now_ms() - min(decided_ms, started_ms))
         for go in go_aheads:  # committed: this worker, and no other, calls their handlers
             self.executor.start(go)
             self.dispatched[go.platform] += 1
@@ -693,7 +697,11 @@ class SchedulerService(AssignedPartitions):
         topics = settings.topics
         # no linger: a dispatch's transaction commits at once, and waits for nothing
         outputs = (topics.events, topics.dispatch, topics.scheduler_events, self.changelog)
+        fencing_ms = _now_ms()
         producers = await start_fencing(settings, "scheduler", wanted, 0, outputs)
+        # a first estimate of what a commit takes here: each start is a round trip to the
+        # transaction coordinator, which writes to its replicated log as a commit does
+        self.lead.observe(_now_ms() - fencing_ms)
         try:
             stores = {p: self.store.database(p) for p in wanted}
             await restore_from_changelog(
@@ -837,6 +845,11 @@ class SchedulerService(AssignedPartitions):
         await asyncio.gather(*(stop_quietly(lane.producer) for lane in lanes))
 
     # -- helpers
+
+    @property
+    def lead_ms(self) -> int:
+        """The lead of a decision now: ``start_lead``, or longer if commits take longer here."""
+        return self.lead.ms
 
     def _partition_of(self, platform: str) -> int:
         return partition_of(platform.encode(), self.runtime.settings.partitions)

@@ -134,6 +134,41 @@ def start_slot(not_before_ms: int, slot_ms: int) -> StartSlot:
     return StartSlot(not_before_ms, not_before_ms + slot_ms)
 
 
+class StartLead:
+    """How far ahead of a decision its dispatch is counted (``not_before = decision + lead``).
+
+    The go-aheads of a decision reach the executor only once the broker acknowledged the
+    transaction holding them; a go-ahead that arrives after its start slot is given back. The
+    lead is therefore at least ``least_ms`` (the ``start_lead`` setting) and at least one and a
+    half times the time this worker's recent commits took (the longest observed, decaying by
+    :attr:`DECAY` per observation), at most ``most_ms``. On a replicated cluster, whose commits
+    wait for the in-sync replicas, it lengthens by itself; a longer lead only delays the starts,
+    it never lets more through a window (the dispatch is counted at its ``not_before``).
+    """
+
+    DECAY = 0.9
+    MARGIN = 1.5
+    SPARE_MS = 10
+
+    def __init__(self, least_ms: int, most_ms: int = 5_000) -> None:
+        if least_ms < 0 or most_ms < least_ms:
+            raise ValueError(f"need 0 <= least_ms <= most_ms, got {least_ms}, {most_ms}")
+        self.least_ms = least_ms
+        self.most_ms = most_ms
+        self._recent_ms = 0.0
+
+    def observe(self, elapsed_ms: float) -> None:
+        """Note that a commit took ``elapsed_ms`` (from its decision to the acknowledgement)."""
+        if elapsed_ms == elapsed_ms and elapsed_ms >= 0:  # not NaN, not negative (a clock step)
+            self._recent_ms = max(float(elapsed_ms), self._recent_ms * self.DECAY)
+
+    @property
+    def ms(self) -> int:
+        """The lead to give a decision now."""
+        wanted = int(self._recent_ms * self.MARGIN) + self.SPARE_MS if self._recent_ms else 0
+        return max(self.least_ms, min(self.most_ms, wanted))
+
+
 class PlatformScheduler:
     """Queue, in-flight set, window logs, pause and rate factor of one platform.
 
