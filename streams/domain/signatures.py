@@ -35,9 +35,13 @@ from streams.domain.events import (
     DependencyResolved,
     DependencyWaitExpired,
     Event,
+    PeriodicCancelled,
     PeriodicOccurrenceDue,
+    PeriodicScheduled,
     Source,
+    TaskCancelled,
     TaskCompleted,
+    TaskCreated,
     TaskDeferred,
     TaskDelayElapsed,
     TaskDispatched,
@@ -46,6 +50,7 @@ from streams.domain.events import (
     TaskResultExpired,
     TaskRetired,
     TaskRetryDue,
+    TaskRetryRequested,
     TaskRetryScheduled,
     TaskStarted,
     TaskTimedOut,
@@ -80,12 +85,17 @@ INTERNAL_KINDS: frozenset[type] = frozenset(
         DependencyResolved,
     }
 )
-"""Kinds only the system writes, whatever ``source`` they claim. The others are a client's to
-write too: ``TaskCreated``, ``TaskCancelled``, ``TaskRetryRequested``, ``PeriodicScheduled``,
-``PeriodicCancelled``, and the attempt reports below (an executor writes them too, signed)."""
+"""Kinds only the system writes, whatever ``source`` they claim."""
 
 ATTEMPT_REPORTS: frozenset[type] = frozenset({TaskStarted, TaskProgress, TaskCompleted, TaskFailed})
-"""A client's reports on an attempt: refused on an attempt a worker runs."""
+"""A client's reports on an attempt: refused on an attempt a worker runs (an executor writes
+them too, signed, as ``source`` executor)."""
+
+CLIENT_KINDS: frozenset[type] = ATTEMPT_REPORTS | frozenset(
+    {TaskCreated, TaskCancelled, TaskRetryRequested, PeriodicScheduled, PeriodicCancelled}
+)
+"""Kinds a client writes (``source`` client, unsigned); every kind is this or internal. The
+fold writes some of them too (an occurrence's ``TaskCreated``), as ``source`` fold, signed."""
 
 
 @dataclass(frozen=True)
