@@ -8,8 +8,10 @@ steps; none of them folds on its own, so a replay and the live worker run the sa
 :func:`streams.domain.apply`, on the same records.
 
 The checks done here before :func:`~streams.domain.apply` are the fold agent's own: a record
-that does not decode (``undecodable``, ``unknown_schema``) or whose key is not its task id
-(``key_mismatch``) is refused without touching any state. Records are decoded with the
+that does not decode (``undecodable``, ``unknown_schema``), whose key is not its task id
+(``key_mismatch``), or that is forged (``forged``: an internal event not signed by a worker, a
+client's report on an attempt a worker runs; ``streams.domain.signatures``) is refused without
+touching any state. Records are decoded with the
 agent's own :func:`schemas.records.event_of_record`. No Kafka here: records come in as
 :class:`LogRecord` values from :mod:`projections.replay` (or from a test).
 """
@@ -31,6 +33,7 @@ from streams.domain import (
     apply_here,
 )
 from streams.domain.placement import misplaced, on_partition
+from streams.domain.signatures import FORGED, SigningKey, forgery
 
 
 @dataclass(frozen=True, order=True)
@@ -58,6 +61,8 @@ class LogRecord:
     timestamp_ms: int
     key: bytes | None
     value: bytes
+    signature: bytes | None = None
+    """Its worker signature header (``streams.domain.signatures``), None if it has none."""
 
 
 class Verdict(StrEnum):
@@ -133,6 +138,10 @@ class LogFold:
     """The partitions of the log: records are checked for their placement and follow-ups for
     tasks of the same partition applied at once, as the live fold does. None (a log without
     partitions, in a test): neither."""
+    signing: SigningKey | None = None
+    """The workers' signing key (the keys topic's): records are checked for forgery as the
+    live fold checks them (:func:`streams.domain.signatures.forgery`). None: no key was ever
+    made, nothing is signed, nothing is refused as forged."""
     _here_of: dict[int, Callable[[str], bool]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -163,6 +172,19 @@ class LogFold:
             wrong = misplaced(record.key, partition, partitions)
             if wrong is not None:
                 return [self._refused(record, event.task_id, event, "wrong_partition", wrong)]
+        if self.signing is not None:
+            forged = forgery(
+                event,
+                record.key,
+                record.value,
+                record.signature,
+                partition,
+                record.position.offset,
+                self.signing,
+                self.states.get,
+            )
+            if forged is not None:
+                return [self._refused(record, event.task_id, event, FORGED, forged)]
         here = self._here_of.get(partition)
         if here is None:
             here = self._here_of[partition] = self._here(partition)

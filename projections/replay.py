@@ -54,9 +54,11 @@ from projections.platforms import PlatformStatsView
 from projections.status import TaskStatusView
 from schemas.records import event_of_record
 from streams.domain import TaskState
+from streams.domain.signatures import SigningKey, signature_of
 from streams.errors import InfrastructureError
 from streams.kafka_clients import KafkaConnection, connection
-from streams.topics import TASK_EVENTS
+from streams.signing import read_key
+from streams.topics import KEYS, TASK_EVENTS
 
 BATCH_RECORDS = 50_000
 """Records per ``getmany``: large batches keep the consumer's per-call cost out of the way."""
@@ -168,6 +170,7 @@ async def replay(
     on_progress: Callable[[Progress], None] | None = None,
     batch_records: int = BATCH_RECORDS,
     processes: int | None = None,
+    keys_topic: str | None = None,
 ) -> ReplayResult:
     """Fold ``topic`` from the beginning and feed ``projections``; return what was built.
 
@@ -186,6 +189,9 @@ async def replay(
             when the views allow it (only :class:`TaskStatusView` views or none, no ``keys``);
             None: so with one process per CPU when there are ``PARALLEL_MIN_RECORDS`` records
             or more to read; 1: always in this process.
+        keys_topic: the workers' keys topic (default: ``orchestrator.keys`` with the prefix
+            of ``topic``): its signing key makes the replay refuse forged records as the live
+            fold does (``streams.domain.signatures``); none in it, none refused.
 
     Returns:
         The result: ``log.states`` (every task's state), ``records``, ``events_per_s``, the
@@ -200,16 +206,17 @@ async def replay(
     consumer = _consumer(kafka)
     try:
         count = await partition_count(kafka, topic)
+        signing = await read_key(kafka, keys_topic or keys_topic_of(topic))
         await consumer.start()
         ranges = await _ranges(consumer, topic, count, until_ms, stop_offsets)
         shares = _shares(ranges, _processes(processes, ranges, views, wanted))
         if len(shares) > 1:
             await consumer.stop()
             folded = await _fold_in_processes(
-                kafka, topic, count, shares, views, on_progress, batch_records
+                kafka, topic, count, shares, views, on_progress, batch_records, signing
             )
         else:
-            reader = _Reader(consumer, topic, ranges, views, wanted, on_progress, count)
+            reader = _Reader(consumer, topic, ranges, views, wanted, on_progress, count, signing)
             await reader.run(batch_records)
             folded = _Folded(reader.log, reader.records, reader.elapsed_s)
     except KafkaError as exc:
@@ -229,6 +236,12 @@ async def replay(
         projections={view.name: view for view in views},
         processes=max(1, len(shares)),
     )
+
+
+def keys_topic_of(events_topic: str) -> str:
+    """The keys topic of the orchestrator whose log is ``events_topic`` (same prefix)."""
+    prefix = events_topic.removesuffix(TASK_EVENTS) if events_topic.endswith(TASK_EVENTS) else ""
+    return prefix + KEYS
 
 
 def _consumer(kafka: KafkaConnection | str) -> AIOKafkaConsumer:
@@ -299,6 +312,7 @@ class _Reader:
         wanted: frozenset[bytes] | None,
         on_progress: Callable[[Progress], None] | None,
         partitions: int,
+        signing: SigningKey | None = None,
     ) -> None:
         self._consumer = consumer
         self._ranges = ranges
@@ -307,7 +321,7 @@ class _Reader:
         self._wanted = wanted
         self._on_progress = on_progress
         self._total = sum(r.stop - r.start for r in ranges.values())
-        self.log = LogFold(partitions=partitions)
+        self.log = LogFold(partitions=partitions, signing=signing)
         self.records = 0
         self.elapsed_s = 0.0
 
@@ -374,6 +388,7 @@ class _Reader:
         fold = self.log.fold_decoded
         observers = [view.observe for view in self._views]
         wanted = self._wanted
+        signed = self.log.signing is not None  # headers are looked at only if they can matter
         read = 0
         for r in records:
             offset = r.offset
@@ -384,8 +399,9 @@ class _Reader:
             if wanted is not None and key not in wanted:
                 continue
             value = r.value
+            signature = signature_of(r.headers) if signed else None
             steps = fold(
-                LogRecord(Position(partition, offset), r.timestamp, key, value),
+                LogRecord(Position(partition, offset), r.timestamp, key, value, signature),
                 event_of_record(key, value),
             )
             for step in steps:
@@ -487,6 +503,7 @@ async def _fold_in_processes(
     views: Sequence[Projection],
     on_progress: Callable[[Progress], None] | None,
     batch_records: int,
+    signing: SigningKey | None = None,
 ) -> _Folded:
     """Fold each share of the partitions in a worker process of its own; put the states
     together (they are disjoint: a task's records are all in its partition) and give each view,
@@ -522,6 +539,7 @@ async def _fold_in_processes(
                 "partitions": partitions,
                 "ranges": {p: (r.start, r.stop) for p, r in share.items()},
                 "batch_records": batch_records,
+                "signing": signing,
             }
             for share in shares
         ]
@@ -652,6 +670,7 @@ async def _worker(request: dict[str, Any], send: Callable[[bytes, bytes], None])
             None,
             lambda progress: send(b"P", _COUNT.pack(progress.records)),
             request["partitions"],
+            request["signing"],
         )
         await reader.run(request["batch_records"])
     except KafkaError as exc:

@@ -24,10 +24,10 @@ import shlex
 from dataclasses import dataclass
 from enum import IntEnum
 
-from streams.topics import TOPICS, TopicNames, scheduler_changelog, tasks_changelog
+from streams.topics import KEYS, TOPICS, TopicNames, scheduler_changelog, tasks_changelog
 
-KEYS_TOPIC = "orchestrator.keys"
-"""The compacted topic of the worker's signing key (the worker's alone)."""
+KEYS_TOPIC = KEYS
+"""The compacted topic of the worker's signing key (the worker's alone; ``streams.signing``)."""
 
 DEFAULT_CONSUMER_GROUP = "task-completed-consumer"
 """The consumer principal's group unless told another (LITERAL: that group only)."""
@@ -111,7 +111,7 @@ _WORKER_ONLY_WRITES = (
 def worker_acls(scope: Scope, principal: str) -> list[Acl]:
     """The worker's bindings (see the module docstring)."""
     topics = scope.topics
-    names = [scope.topic_prefix + spec.name for spec in TOPICS] + [scope.topic_prefix + KEYS_TOPIC]
+    names = [scope.topic_prefix + spec.name for spec in TOPICS]  # the keys topic among them
     write_only = {getattr(topics, attr) for attr in _WORKER_ONLY_WRITES}
     acls: list[Acl] = []
     for name in dict.fromkeys(names):

@@ -16,6 +16,7 @@ from faust.types import TopicT
 
 from streams import api_tls, auth, placement
 from streams.config import Settings
+from streams.domain.signatures import SigningKey
 from streams.domain.timers import DeadlineIndex
 from streams.metrics import Metrics
 from streams.partitions import partitioner
@@ -119,6 +120,10 @@ class Runtime:
     """The worker's Prometheus metrics."""
     producer: SharedProducer = field(init=False)
     """The plain producer for records written outside any event (timers, ticks, executors)."""
+    signing: SigningKey | None = None
+    """The workers' signing key (``streams.signing``): what the agents write to
+    ``task.events`` is signed with it, and the fold refuses internal events not signed with
+    it. None only in a worker built without Kafka (a test of its web app)."""
 
     def __post_init__(self) -> None:
         self.producer = SharedProducer(self.settings.kafka)

@@ -143,6 +143,11 @@ class DuplicateTaskError(EventRejectedError):
     """``create_task`` with the id of a task that already exists."""
 
 
+class ForgedEventError(EventRejectedError):
+    """The event may only come from the orchestrator's own workers: an internal kind or
+    source, or a report on an attempt a worker runs (``streams.domain.signatures``)."""
+
+
 class BatchWriteError(OrchestratorError):
     """Some writes of a batch (``create_tasks``) were refused, or their verdict was not read;
     the others were applied.
@@ -165,6 +170,7 @@ REJECTION_ERRORS: dict[str, type[EventRejectedError]] = {
     "illegal_transition": IllegalTransitionError,
     "unknown_task": UnknownTaskError,
     "duplicate_task": DuplicateTaskError,
+    "forged": ForgedEventError,
 }
 """The error a refused event raises in the client, by DLQ reason (others: the base class)."""
 

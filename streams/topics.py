@@ -27,6 +27,7 @@ TASK_EVENTS_DLQ = "task.events.dlq"
 SCHEDULER_SIGNALS = "scheduler.signals"
 SCHEDULER_EVENTS = "scheduler.events"
 CONFIG = "orchestrator.config"
+KEYS = "orchestrator.keys"
 
 DLQ_RETENTION_MS = 14 * 24 * 60 * 60 * 1000
 DLQ_MAX_MESSAGE_BYTES = LARGE_RECORD_MAX_BYTES
@@ -86,6 +87,12 @@ class TopicNames:
         policies), keyed by ``platform/task_type/name``."""
         return self.prefix + CONFIG
 
+    @property
+    def keys(self) -> str:
+        """``orchestrator.keys``: the workers' signing key (``streams.signing``); one
+        partition, compacted, readable by the workers' principal only (ACLs)."""
+        return self.prefix + KEYS
+
 
 @dataclass(frozen=True)
 class TopicSpec:
@@ -93,6 +100,8 @@ class TopicSpec:
 
     name: str
     config: dict[str, str]
+    partitions: int | None = None
+    """Its partition count if not the orchestrator's (``partitions``)."""
 
 
 COMPACTED_SEGMENTS = {"segment.ms": str(60 * 60 * 1000), "segment.bytes": str(64 * 1024 * 1024)}
@@ -134,6 +143,8 @@ TOPICS: tuple[TopicSpec, ...] = (
             **COMPACTED_SEGMENTS,
         },
     ),
+    # the signing key: its first record is the key, kept forever (keys never repeat)
+    TopicSpec(KEYS, {"cleanup.policy": "compact"}, partitions=1),
 )
 
 
@@ -178,7 +189,7 @@ async def ensure_topics(
         InfrastructureError: the broker cannot be reached, or a topic has the wrong partitions.
     """
     prefix = (names or TopicNames()).prefix
-    specs = [TopicSpec(prefix + spec.name, spec.config) for spec in TOPICS]
+    specs = [TopicSpec(prefix + spec.name, spec.config, spec.partitions) for spec in TOPICS]
     if app_id is not None:
         # a task's state may be larger than the event that made it (bounds.MAX_STATE_BYTES)
         changelog_config = {
@@ -195,14 +206,15 @@ async def ensure_topics(
         created: list[str] = []
         for spec in specs:
             if spec.name in existing:
-                if existing[spec.name] != partitions:
+                if spec.partitions is None and existing[spec.name] != partitions:
                     raise InfrastructureError(
                         f"topic {spec.name} has {existing[spec.name]} partitions, the settings say "
                         f"{partitions}: set 'partitions' to {existing[spec.name]}"
                     )
                 continue
             config = {**spec.config, "min.insync.replicas": str(min_insync_replicas(replication))}
-            topic = NewTopic(spec.name, partitions, replication, topic_configs=config)
+            count = spec.partitions or partitions
+            topic = NewTopic(spec.name, count, replication, topic_configs=config)
             try:
                 await admin.create_topics([topic])
                 created.append(spec.name)

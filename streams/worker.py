@@ -24,8 +24,10 @@ from streams.app import Runtime, create_runtime
 from streams.config import Settings
 from streams.config_log import read_table, worker_changes, write_changes
 from streams.dashboard import views as dashboard
+from streams.domain.signatures import SigningKey
 from streams.handlers import load_handler_modules, registered_task_types
 from streams.ownership import check_own_groups
+from streams.signing import ensure_key
 from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,10 @@ def run_worker(settings: Settings, loglevel: str = "info", config_file: Path | N
             )
         )
         loop.run_until_complete(check_own_groups(settings))
+        # the first worker makes the signing key; every worker reads it (streams.signing)
+        signing = loop.run_until_complete(
+            ensure_key(settings.kafka, settings.topics.keys, settings.topics.events)
+        )
         if config_file is not None:
             loop.run_until_complete(publish_file_settings(settings, config_file))
     finally:
@@ -70,7 +76,7 @@ def run_worker(settings: Settings, loglevel: str = "info", config_file: Path | N
     modules = [m.strip() for m in settings.handlers.split(",") if m.strip()]
     load_handler_modules(modules)
     asyncio.set_event_loop(asyncio.new_event_loop())
-    runtime = build(settings).runtime
+    runtime = build(settings, signing).runtime
     worker = Worker(runtime.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.settings = settings
     worker.start_line = start_line(settings, modules)
@@ -102,9 +108,12 @@ class Parts:
     executor: Executor
 
 
-def build(settings: Settings) -> Parts:
-    """Create a worker's app with its fold, timer, scheduler, executor and views."""
+def build(settings: Settings, signing: SigningKey | None = None) -> Parts:
+    """Create a worker's app with its fold, timer, scheduler, executor and views; what they
+    write to ``task.events`` is signed with ``signing`` (None: a worker that never folds,
+    built for a test of its web app)."""
     runtime = create_runtime(settings)
+    runtime.signing = signing
     runner = Executor(runtime)
     # the fold tells the executor, after a commit, which tasks ended: their handlers stop
     folding = fold.register(runtime, runner.on_task_ended)

@@ -62,6 +62,7 @@ from streams.domain import (
     derived_event_id,
 )
 from streams.domain.signals import Dispatch
+from streams.domain.signatures import signed_headers
 from streams.handlers import Handler, RateLimitedError, TaskContext, handler_for
 
 log = logging.getLogger(__name__)
@@ -329,11 +330,14 @@ class Executor:
             Source.EXECUTOR,
             payload,
         )
+        key, value = dispatch.task_id.encode("utf-8"), encode_event(event)
         producer = await self._runtime.producer.get()
         await producer.send_and_wait(
             self._runtime.settings.topics.events,
-            encode_event(event),
-            key=dispatch.task_id.encode("utf-8"),
+            value,
+            key=key,
+            # the fold takes an executor's report only signed (streams.domain.signatures)
+            headers=signed_headers(self._runtime.signing, key, value),
         )
 
 

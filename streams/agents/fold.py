@@ -63,6 +63,7 @@ from streams.agents.transactional import (
 )
 from streams.app import Runtime
 from streams.domain import Effect, FollowUp, Rejected, TaskState, apply_here
+from streams.domain.signatures import FORGED, SIGNATURE_HEADER, forgery, signature_of
 from streams.domain.timers import next_deadline
 from streams.logs import log_retries, shown
 from streams.outputs import effect_record
@@ -845,6 +846,7 @@ class _Folding:
         self._runtime = service.runtime
         self._changelog = service.changelog
         self._topics = service.runtime.settings.topics
+        self._signing = service.runtime.signing
         self._part = part
         self._record = record
         self._partitions = service.runtime.settings.partitions
@@ -881,6 +883,20 @@ class _Folding:
         if wrong is not None:
             await self._write([self._dead_letter("wrong_partition", wrong)])
             return
+        if self._signing is not None:
+            forged = forgery(
+                task_event,
+                record.key,
+                record.value or b"",
+                signature_of(record.headers),
+                record.partition,
+                record.offset,
+                self._signing,
+                self._state_of,
+            )
+            if forged is not None:
+                await self._write([self._dead_letter(FORGED, forged)])
+                return
         store = part.store
         try:
             # the event, then the follow-ups it causes for tasks of this partition (a
@@ -965,7 +981,11 @@ class _Folding:
 
     async def _write(self, outputs: list[_Output]) -> None:
         # the commit waits for each delivery: a refused record fails the transaction
+        signing = self._signing
         for topic, key, value, headers in outputs:
+            if topic == self._topics.events and signing is not None and value is not None:
+                # a follow-up: the fold signs what it writes to the log (domain.signatures)
+                headers = [*headers, (SIGNATURE_HEADER, signing.sign(key, value))]
             if topic == self._topics.dlq:  # the record's verdict, for a client that asks
                 found = dict(headers)
                 self._runtime.verdicts.refused(

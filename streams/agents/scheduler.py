@@ -85,6 +85,7 @@ from streams.domain.signals import (
     SchedulerSignal,
     TaskReleased,
 )
+from streams.domain.signatures import signed_headers
 from streams.errors import ConfigurationError, SchemaError
 from streams.partitions import partition_of
 from streams.task_store import PartitionStore, TaskStore
@@ -149,6 +150,8 @@ class SchedulerService(AssignedPartitions):
         settings = runtime.settings
         self.group = scheduler_group(settings.orchestrator_id)
         self.changelog = scheduler_changelog(settings.orchestrator_id)
+        self._events = settings.topics.events
+        self._signing = runtime.signing
         self.store = TaskStore(Path(settings.data_dir) / "scheduler", settings.partitions)
         self.lock = asyncio.Lock()
         self.lead = StartLead(int(settings.start_lead * 1000))
@@ -542,7 +545,9 @@ class SchedulerService(AssignedPartitions):
             lane.in_transaction = True
 
     async def _send(self, lane: _Lane, topic: str, key: bytes | None, value: bytes) -> None:
-        sent = await lane.producer.send(topic, value, key=key)
+        # what the scheduler writes to the log (dispatches, holds) is signed as a worker's
+        headers = signed_headers(self._signing, key, value) if topic == self._events else []
+        sent = await lane.producer.send(topic, value, key=key, headers=headers)
         lane.deliveries.append(delivery(sent))
 
     async def _dead_letter(

@@ -17,6 +17,7 @@ from schemas import encode_event
 from streams.agents.transactional import AssignedPartitions
 from streams.app import Runtime
 from streams.cron import recurrence_of
+from streams.domain.signatures import signed_headers
 from streams.domain.timers import due_event, next_deadline
 from streams.state_codec import decode_state
 
@@ -75,7 +76,9 @@ class _Timer:
                 deadline = now_ms + UNRUNNABLE_RETRY_MS
             self._runtime.deadlines.track(task_id, deadline)
             return
-        await self._runtime.producer.send(
-            self._runtime.settings.topics.events, key, encode_event(event)
-        )
+        value = encode_event(event)
+        producer = await self._runtime.producer.get()
+        # the fold takes a timer's event only signed (streams.domain.signatures)
+        headers = signed_headers(self._runtime.signing, key, value)
+        await producer.send(self._runtime.settings.topics.events, value, key=key, headers=headers)
         self._runtime.deadlines.track(task_id, now_ms + RETRY_AFTER_MS)

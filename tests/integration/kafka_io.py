@@ -12,6 +12,8 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from streams import partitions as partitions_module
+from streams.domain.signatures import SIGNATURE_HEADER
+from streams.signing import read_key
 
 Record = ConsumerRecord[bytes, bytes]
 
@@ -25,6 +27,30 @@ async def produce(bootstrap_servers: str, topic: str, records: list[tuple[bytes,
     try:
         for key, value in records:
             await producer.send(topic, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def produce_as_worker(
+    bootstrap_servers: str, keys_topic: str, topic: str, records: list[tuple[bytes, bytes]]
+) -> None:
+    """Write ``(key, value)`` records signed as a worker signs them: the test plays the
+    orchestrator itself (an operator, whose principal may read the keys topic), not a client.
+
+    Raises:
+        AssertionError: no worker has made the signing key yet.
+    """
+    signing = await read_key(bootstrap_servers, keys_topic)
+    assert signing is not None, f"no signing key in {keys_topic}: start a worker first"
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True
+    )
+    await producer.start()
+    try:
+        for key, value in records:
+            headers = [(SIGNATURE_HEADER, signing.sign(key, value))]
+            await producer.send(topic, value, key=key, headers=headers)
         await producer.flush()
     finally:
         await producer.stop()
