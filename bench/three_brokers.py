@@ -189,6 +189,7 @@ async def _replication(bootstrap: str, topics: TopicNames, app_id: str) -> dict[
         topics.signals,
         topics.scheduler_events,
         topics.config,
+        topics.keys,
         tasks_changelog(topics.prefix + app_id),
         scheduler_changelog(topics.prefix + app_id),
     ]

@@ -20,6 +20,7 @@ from typing import Any
 
 from projections.audit import AuditView, TimelineEntry
 from projections.log import LogFold, LogRecord
+from streams.domain.signatures import SigningKey
 
 CLOCK_MARGIN_MS = 60_000
 """How far before the task's first known time the scan starts: records are stamped by their
@@ -91,12 +92,16 @@ def plan_scan(
 
 
 def fold_timeline(
-    records: Iterable[LogRecord], task_id: str, partitions: int | None
+    records: Iterable[LogRecord],
+    task_id: str,
+    partitions: int | None,
+    signing: SigningKey | None = None,
 ) -> list[TimelineEntry]:
     """The task's timeline from ``records`` (those keyed by the task, in log order), folded as
-    ``orchestrator audit`` folds them."""
+    ``orchestrator audit`` folds them: with the workers' ``signing`` key, a forged record is
+    shown refused, as the fold refused it."""
     view = AuditView([task_id])
-    log = LogFold(partitions=partitions)
+    log = LogFold(partitions=partitions, signing=signing)
     for record in records:
         for step in log.fold(record):
             view.observe(step)

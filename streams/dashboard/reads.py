@@ -27,6 +27,7 @@ from projections.timeline import (
 )
 from streams.agents.transactional import committed_reader
 from streams.config import Settings
+from streams.domain.signatures import SigningKey, signature_of
 
 READ_TIMEOUT_S = 5.0
 """The longest one read takes; a read past it answers what it has, marked incomplete."""
@@ -45,6 +46,7 @@ async def read_timeline(
     partition: int,
     first_known_ms: int | None,
     max_records: int = MAX_SCAN_RECORDS,
+    signing: SigningKey | None = None,
 ) -> dict[str, Any]:
     """The task's timeline from a bounded stretch of its partition (``projections.timeline``).
 
@@ -69,7 +71,7 @@ async def read_timeline(
             records, scanned, stopped = await _read_keyed(consumer, tp, plan, key)
         finally:
             await consumer.stop()
-    entries = fold_timeline(records, task_id, settings.partitions)
+    entries = fold_timeline(records, task_id, settings.partitions, signing)
     complete = plan.from_beginning and plan.to_end and stopped >= plan.stop
     return {
         "task_id": task_id,
@@ -111,7 +113,8 @@ async def _read_keyed(
             scanned += 1
             if record.key == key:
                 position = Position(tp.partition, record.offset)
-                kept.append(LogRecord(position, record.timestamp, record.key, record.value or b""))
+                value, signature = record.value or b"", signature_of(record.headers)
+                kept.append(LogRecord(position, record.timestamp, record.key, value, signature))
         # transaction markers take offsets but are no records: the position says how far
         reached = await consumer.position(tp)
     return kept, scanned, min(reached, plan.stop)

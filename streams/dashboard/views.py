@@ -257,7 +257,11 @@ def register_timeline_view(runtime: Runtime, fold: FoldService) -> None:
                 times.append(state.created_at_ms)
             first_known_ms = min(times) if times else None
         document = await reads.read_timeline(
-            runtime.settings, task_id, runtime.tasks.partition_of(key), first_known_ms
+            runtime.settings,
+            task_id,
+            runtime.tasks.partition_of(key),
+            first_known_ms,
+            signing=runtime.signing,
         )
         document["in_table"] = state is not None
         return self.json(document)

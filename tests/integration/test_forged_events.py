@@ -18,6 +18,7 @@ import time
 import uuid
 from typing import Any
 
+import aiohttp
 import pytest
 
 from projections.live import verify
@@ -141,3 +142,13 @@ async def test_a_client_cannot_forge_internal_events_or_report_on_a_workers_atte
     shown = "\n".join(d.describe() for d in verification.differences[:20])
     assert not verification.differences, shown
     assert verification.replayed.log.counts["rejected"] >= 3
+
+    # the dashboard's timeline of the dependent shows the forged record refused, as folded
+    async with aiohttp.ClientSession() as http:
+        url = f"{worker.api_url}/tasks/{waiter}/timeline"
+        async with http.get(url) as response:
+            assert response.status == 200, await response.text()
+            timeline = await response.json()
+    shown_as = {e["event_id"]: (e["verdict"], e["reason"]) for e in timeline["entries"]}
+    assert shown_as[resolved.event_id] == ("rejected", "forged"), timeline
+    assert shown_as[signed.event_id][0] == "applied", timeline
