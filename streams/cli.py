@@ -353,6 +353,20 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Any:
+    """The settings of ``args``, and for a command that reads Kafka itself, its login checked:
+    a refused login is one clear line (the worker checks it in its own loop, a ``TaskManager``
+    in ``start``)."""
+    settings = _loaded(args)
+    if settings.kafka.security_protocol != "PLAINTEXT" and args.handler is not _worker:
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop()
+            return settings  # inside a running loop: its client checks the login
+        asyncio.run(settings.kafka.check_login())
+    return settings
+
+
+def _loaded(args: argparse.Namespace) -> Any:
+    """The settings of the config file and the options in ``args``, every key checked."""
     overrides = {
         key: value
         for key, value in (
@@ -364,15 +378,7 @@ def _settings(args: argparse.Namespace) -> Any:
         )
         if value is not None
     }
-    settings = load_settings(file=args.config, overrides=overrides)
-    if settings.kafka.security_protocol != "PLAINTEXT" and args.handler is not _worker:
-        # a refused login: one clear line (the worker, and a client started inside a running
-        # loop, check it themselves)
-        with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop()
-            return settings
-        asyncio.run(settings.kafka.check_login())
-    return settings
+    return load_settings(file=args.config, overrides=overrides)
 
 
 def _kafka_up(args: argparse.Namespace) -> int:
@@ -859,7 +865,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The client's config: every key of the config file and the options given (the client
     reads the environment itself). Only keys given are passed: a task policy default that is
     not given comes from the run-time settings in force (``orchestrator config``)."""
-    _settings(args)  # every key checked, the file's and the options', before anything runs
+    _loaded(args)  # every key checked, the file's and the options', before anything runs
+    # (the login is checked by the client's start)
     values: dict[str, Any] = dict(read_config_file(args.config)) if args.config else {}
     values.update(
         (key, value)

@@ -37,10 +37,12 @@ class SharedProducer:
                 self._producer = producer
             return self._producer
 
-    async def send(self, topic: str, key: bytes, value: bytes) -> None:
+    async def send(
+        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
         """Queue one record (delivery is awaited by Kafka's own batching, not here)."""
         producer = await self.get()
-        await producer.send(topic, value, key=key)
+        await producer.send(topic, value, key=key, headers=headers or [])
 
     async def stop(self) -> None:
         """Flush and close."""

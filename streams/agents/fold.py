@@ -63,7 +63,7 @@ from streams.agents.transactional import (
 )
 from streams.app import Runtime
 from streams.domain import Effect, FollowUp, Rejected, TaskState, apply_here
-from streams.domain.signatures import FORGED, SIGNATURE_HEADER, forgery, signature_of
+from streams.domain.signatures import FORGED, forgery, signature_of, signed_headers
 from streams.domain.timers import next_deadline
 from streams.logs import log_retries, shown
 from streams.outputs import effect_record
@@ -981,11 +981,10 @@ class _Folding:
 
     async def _write(self, outputs: list[_Output]) -> None:
         # the commit waits for each delivery: a refused record fails the transaction
-        signing = self._signing
         for topic, key, value, headers in outputs:
-            if topic == self._topics.events and signing is not None and value is not None:
+            if topic == self._topics.events and value is not None:
                 # a follow-up: the fold signs what it writes to the log (domain.signatures)
-                headers = [*headers, (SIGNATURE_HEADER, signing.sign(key, value))]
+                headers = [*headers, *signed_headers(self._signing, key, value)]
             if topic == self._topics.dlq:  # the record's verdict, for a client that asks
                 found = dict(headers)
                 self._runtime.verdicts.refused(

@@ -614,8 +614,9 @@ class SchedulerService(AssignedPartitions):
         lane.deliveries = []
         lane.last_commit = time.monotonic()
         go_aheads, lane.go_aheads = lane.go_aheads, []
+        # from the earliest decision it carries (or its own start) to the acknowledgement
         decided_ms = min((go.dispatched_at_ms for go in go_aheads), default=started_ms)
-        self.lead.observe(_now_ms() - min(decided_ms, started_ms))
+        self.lead.observe(_now_ms() - decided_ms)
         for go in go_aheads:  # committed: this worker, and no other, calls their handlers
             self.executor.start(go)
             self.dispatched[go.platform] += 1

@@ -77,8 +77,7 @@ class _Timer:
             self._runtime.deadlines.track(task_id, deadline)
             return
         value = encode_event(event)
-        producer = await self._runtime.producer.get()
         # the fold takes a timer's event only signed (streams.domain.signatures)
         headers = signed_headers(self._runtime.signing, key, value)
-        await producer.send(self._runtime.settings.topics.events, value, key=key, headers=headers)
+        await self._runtime.producer.send(self._runtime.settings.topics.events, key, value, headers)
         self._runtime.deadlines.track(task_id, now_ms + RETRY_AFTER_MS)
